@@ -1,0 +1,81 @@
+# apnet-reid: every command a user or CI needs. `make` alone lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Variables the stage targets read (override on the command line: make train CONFIG=...).
+CONFIG ?= configs/demo.yaml
+DATA ?= data/synth
+CKPT ?= checkpoints/demo
+NAME ?= demo
+ARTIFACT ?= artifacts/$(NAME)
+GALLERY ?= $(DATA)/bounding_box_test
+GALLERY_DIR ?= galleries/$(NAME)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: help setup lint format test test-gpu data train evaluate export triton serve index bench viz demo clean
+
+help: ## list the targets, one line each
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(PY) -m pip check
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install the project with the dev extra (quick when done)
+
+lint: setup ## ruff check and ruff format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: setup ## run the test suite (GPU tests skip without a GPU)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-gpu: setup ## run only the tests marked gpu (needs a CUDA GPU)
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+data: setup ## generate the synthetic Market-1501-layout data set in DATA
+	$(PY) -m training.synth $(DATA) --ids 200 --cams 6 --seed 0
+
+train: setup ## train APNet with CONFIG on DATA into CKPT
+	$(PY) -m training.train --config $(CONFIG) data_root=$(DATA) out_dir=$(CKPT)
+
+evaluate: setup ## evaluate CKPT on DATA (rank-1/5/10, mAP, mINP)
+	$(PY) -m training.evaluate $(CKPT) --data $(DATA)
+
+export: setup ## export CKPT to ARTIFACT (ONNX, spec, Triton model repository)
+	$(PY) -m export $(CKPT) --out $(ARTIFACT)
+
+triton: setup ## start a local Triton Inference Server hosting ARTIFACT
+	$(PY) -m server.triton --artifact $(ARTIFACT)
+
+serve: setup ## start the API on HOST:PORT with ARTIFACT and GALLERY_DIR (embedded ONNX Runtime)
+	REID_ARTIFACT=$(ARTIFACT) REID_GALLERY_DIR=$(GALLERY_DIR) $(VENV)/bin/uvicorn server.main:app --host $(HOST) --port $(PORT)
+
+index: setup ## bulk-index the crops in GALLERY into GALLERY_DIR with ARTIFACT
+	$(PY) -m index.bulk $(GALLERY) --gallery $(GALLERY_DIR) --artifact $(ARTIFACT)
+
+bench: setup ## latency and throughput benchmarks (embedders, index, API); results in bench/
+	$(PY) -m client.bench --artifact $(ARTIFACT) --out bench
+
+viz: setup ## attention maps (Grad-CAM) of CKPT on a few query images
+	$(PY) -m training.viz $(CKPT) --data $(DATA) --out runs/viz
+
+demo: setup ## the whole pipeline on synthetic data: data, train, export, index, serve a search
+	bash scripts/demo.sh
+
+clean: ## remove generated data, checkpoints, artifacts, galleries and benchmark output
+	rm -rf data checkpoints artifacts galleries runs bench

@@ -1,0 +1,1 @@
+"""The FastAPI retrieval service and its embedding backends (never imports torch)."""

@@ -1,0 +1,1 @@
+"""APNet training: model, data, losses, evaluation and the training loop (imports torch)."""
