@@ -26,3 +26,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Shared session fixtures live in tests/fixtures/; importing them here makes them visible to every test.
+from tests.fixtures.artifact import *  # noqa: E402, F403
+from tests.fixtures.data import *  # noqa: E402, F403
+from tests.fixtures.triton import *  # noqa: E402, F403
