@@ -45,7 +45,7 @@ def test_same_camera_matches_are_ignored_and_perfect_ranking_scores_one():
     q_pids, q_camids = np.array([1, 2]), np.array([0, 0])
     g_pids, g_camids = np.array([1, 1, 2, 3]), np.array([0, 1, 1, 1])
     # gallery 0 is the same person from the same camera: ranked first but ignored.
-    distmat = np.array([[0.0, 0.1, 0.5, 0.6], [0.0, 0.5, 0.1, 0.6]])
+    distmat = np.array([[0.0, 0.1, 0.5, 0.6], [0.4, 0.5, 0.0, 0.6]])
     cmc, mean_ap, minp = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=3)
     np.testing.assert_allclose(cmc, [1.0, 1.0, 1.0])
     assert mean_ap == minp == 1.0
