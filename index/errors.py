@@ -1,0 +1,21 @@
+"""The gallery's exceptions: one base class, so callers can catch every gallery failure at once."""
+
+
+class GalleryError(Exception):
+    """Any failure of the gallery (a bad argument, a corrupt or locked folder, a model mismatch)."""
+
+
+class ModelMismatch(GalleryError):  # noqa: N818 (the shared contract's names)
+    """Vectors or queries from another model_id or of another dimension than the gallery holds."""
+
+
+class CorruptGallery(GalleryError):  # noqa: N818 (the shared contract's names)
+    """The log of record (SQLite) is unreadable or inconsistent: refused, never served."""
+
+
+class GalleryLocked(GalleryError):  # noqa: N818 (the shared contract's names)
+    """Another process holds the gallery's writer lock."""
+
+
+class InvalidVector(GalleryError, ValueError):  # noqa: N818 (named like the contract's errors)
+    """A vector with NaN or inf, zero norm, or the wrong shape."""

@@ -1,0 +1,523 @@
+"""The gallery: a folder holding a faiss snapshot, the SQLite log of record and a manifest.
+
+    gallery.sqlite       vectors (float32 blobs) + metadata, committed before an add returns (the log of record)
+    index.NNNNNN.faiss   the faiss index as of the manifest's watermark, written atomically
+    manifest.json        model_id, dim, metric, factory, counts, sha256 of the snapshot, watermark, self-checksum
+    gallery.lock         fcntl lock held by the one writer process
+
+Opening verifies the manifest and snapshot checksums, catches the snapshot up from the log (rows after the
+watermark added, removals after it applied) and checks that the index and the log agree. A torn or corrupt
+snapshot or manifest is rebuilt from the log and reported in ``stats()["recovered"]``; a corrupt log is
+refused with CorruptGallery. Vectors are L2-normalised and searched by inner product (cosine similarity).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index import faiss_index
+from index.errors import CorruptGallery, GalleryError, GalleryLocked, InvalidVector, ModelMismatch
+from index.records import Hit, Identity, Record, SearchFilter, aggregate_identities
+from index.rwlock import RWLock
+from index.snapshot import MANIFEST, Manifest, SnapshotError, read_manifest, read_verified, sha256, write_atomic
+from index.store import Store
+
+__all__ = [
+    "CorruptGallery",
+    "Gallery",
+    "GalleryError",
+    "GalleryLocked",
+    "Hit",
+    "Identity",
+    "InvalidVector",
+    "ModelMismatch",
+    "Record",
+    "SearchFilter",
+    "aggregate_identities",
+]
+
+DB = "gallery.sqlite"
+LOCK = "gallery.lock"
+METRIC = "inner_product"
+INDEX_FILE = re.compile(r"index\.(\d{6})\.faiss")
+FILTER_OVERFETCH = 4  # first fetch is k * this when filters are given; every widening multiplies it again
+SNAPSHOT_EVERY = 50_000  # mutations between automatic snapshots: bounds the catch-up work on open
+
+
+class Gallery:
+    """Use Gallery.create / open / open_or_create; the constructor does no I/O."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        readonly: bool = False,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        threads: int | None = None,
+        snapshot_every: int = SNAPSHOT_EVERY,
+    ):
+        self.path = Path(path)
+        self.readonly = readonly
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        self.threads = threads or len(os.sched_getaffinity(0))  # for batches above SMALL_BATCH
+        self.snapshot_every = snapshot_every
+        self._store = Store(self.path / DB, readonly)
+        self._rw = RWLock()  # guards self._index: many searches or one mutation
+        self._write_mutex = threading.Lock()  # one mutation (log + index) at a time
+        self._lock_fd: int | None = None
+        self._closed = False
+        self._settings: dict[str, str] = {}
+        self._kind: faiss_index.IndexKind | None = None
+        self._index: faiss.Index | None = None
+        self._trained = False
+        self._tombstones: set[int] = set()  # removed ids still inside an index that cannot remove (HNSW)
+        self._last_id = 0
+        self._last_seq = 0
+        self._count = 0
+        self._dirty = 0
+        self._recovered: list[str] = []
+        self._open_seconds = 0.0
+
+    # -- opening -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, *, model_id: str, dim: int, factory: str = "Flat", **options) -> Gallery:
+        path = Path(path)
+        if not model_id or dim < 1:
+            raise ValueError("a gallery needs a model_id and a positive dim")
+        faiss_index.parse_factory(factory, dim)
+        path.mkdir(parents=True, exist_ok=True)
+        gallery = cls(path, readonly=False, **options)
+        gallery._acquire_lock()
+        try:
+            if (path / DB).exists():
+                raise GalleryError(f"a gallery already exists in {path}")
+            settings = {"model_id": model_id, "dim": str(dim), "factory": factory, "metric": METRIC}
+            settings["created_at"] = _now_iso()
+            gallery._store.initialise(settings)
+            gallery._load()
+        except BaseException:
+            gallery.close()
+            raise
+        return gallery
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, readonly: bool = False, **options) -> Gallery:
+        path = Path(path)
+        if not (path / DB).is_file():
+            raise GalleryError(f"no gallery in {path} ({DB} is missing)")
+        gallery = cls(path, readonly=readonly, **options)
+        try:
+            if not readonly:
+                gallery._acquire_lock()
+            gallery._load()
+        except BaseException:
+            gallery.close()
+            raise
+        return gallery
+
+    @classmethod
+    def open_or_create(
+        cls, path: str | os.PathLike, *, model_id: str, dim: int, factory: str = "Flat", **options
+    ) -> Gallery:
+        """Open the gallery in ``path`` (which must hold model_id and dim), or create it; factory applies on creation."""
+        if (Path(path) / DB).is_file():
+            gallery = cls.open(path, **options)
+            try:
+                gallery._check_model(model_id)
+                if gallery.dim != dim:
+                    raise ModelMismatch(f"the gallery holds {gallery.dim}-d vectors, not {dim}-d")
+            except BaseException:
+                gallery.close()
+                raise
+            return gallery
+        return cls.create(path, model_id=model_id, dim=dim, factory=factory, **options)
+
+    def _acquire_lock(self) -> None:
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise GalleryLocked(f"another writer holds {self.path / LOCK}; open read-only or stop it") from None
+        self._lock_fd = fd
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        self._settings = self._store.check()
+        try:
+            dim = int(self._settings["dim"])
+            self._kind = faiss_index.parse_factory(self._settings["factory"], dim)
+            self._settings["model_id"]  # noqa: B018 (must exist)
+        except (KeyError, ValueError) as exc:
+            raise CorruptGallery(f"gallery settings in {self.path / DB} are incomplete or wrong: {exc}") from exc
+        conn = self._store.reader()
+        conn.execute("BEGIN")  # one consistent view of the log for the whole load
+        try:
+            try:
+                self._load_snapshot(conn)
+            except SnapshotError as exc:
+                self._recovered.append(f"{exc}; rebuilt from the log")
+                self._rebuild(conn)
+        finally:
+            conn.execute("COMMIT")
+        if not self.readonly:
+            if self._recovered or self._dirty or not (self.path / MANIFEST).exists():
+                with self._write_mutex:
+                    self._maybe_train()
+                    self._write_snapshot()
+            self._remove_stale_files()
+        self._open_seconds = time.perf_counter() - started
+
+    def _load_snapshot(self, conn) -> None:
+        manifest = read_manifest(self.path)
+        expected = (self.model_id, self.dim, self.factory, METRIC)
+        found = (manifest.model_id, manifest.dim, manifest.factory, manifest.metric)
+        if found != expected:
+            raise SnapshotError(f"manifest says {found}, the log says {expected}")
+        data = read_verified(self.path, manifest)
+        try:
+            index = faiss_index.from_bytes(data)
+        except RuntimeError as exc:
+            raise SnapshotError(f"snapshot {manifest.index_file} does not load ({exc})") from None
+        if index.d != self.dim or index.ntotal != manifest.counts.get("ntotal"):
+            raise SnapshotError(f"snapshot {manifest.index_file} disagrees with the manifest")
+        self._install(index, manifest.trained, manifest.watermark["last_id"], manifest.watermark["last_removal_seq"])
+        self._catch_up(conn)
+        self._check_consistent(conn)
+
+    def _install(self, index: faiss.Index, trained: bool, last_id: int, last_seq: int) -> None:
+        faiss_index.set_search_params(index, self.nprobe, self.ef_search)
+        with self._rw.write():
+            self._index = index
+            self._trained = trained
+            self._tombstones = set()
+        self._last_id, self._last_seq = last_id, last_seq
+
+    def _catch_up(self, conn) -> int:
+        """Apply the log after the watermark (removals of older rows, then newer rows); returns rows applied."""
+        last_id, last_seq = self._store.log_position(conn)
+        removed = [i for i in self._store.removals_after(conn, self._last_seq) if i <= self._last_id]
+        applied = len(removed)
+        with self._rw.write():
+            if removed:
+                self._remove_from_index(removed)
+            for ids, xb in self._store.vectors_after(conn, self._last_id, self.dim):
+                self._index.add_with_ids(xb, ids)
+                applied += len(ids)
+        self._last_id, self._last_seq = last_id, last_seq
+        self._count = self._store_count(conn)
+        self._dirty += applied
+        return applied
+
+    def _check_consistent(self, conn) -> None:
+        live = self._index.ntotal - len(self._tombstones)
+        if live != self._store_count(conn):
+            raise SnapshotError(f"the index holds {live} live vectors, the log {self._count}")
+
+    @staticmethod
+    def _store_count(conn) -> int:
+        return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def _rebuild(self, conn) -> None:
+        """A fresh index from every live vector in the log (trained if the factory needs it and there are enough)."""
+        chunks = list(self._store.vectors_after(conn, 0, self.dim))
+        ids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, dtype=np.int64)
+        xb = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0, self.dim), dtype=np.float32)
+        index, trained = faiss_index.build_index(self._kind, self.dim, xb, ids)
+        last_id, last_seq = self._store.log_position(conn)
+        self._install(index, trained, last_id, last_seq)
+        self._count = len(ids)
+        self._dirty += 1
+
+    def refresh(self) -> int:
+        """Catch up with rows another process wrote since this gallery was opened (read-only galleries)."""
+        with self._write_mutex:
+            conn = self._store.reader()
+            conn.execute("BEGIN")
+            try:
+                return self._catch_up(conn)
+            finally:
+                conn.execute("COMMIT")
+
+    # -- properties ----------------------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self._settings["model_id"]
+
+    @property
+    def dim(self) -> int:
+        return int(self._settings["dim"])
+
+    @property
+    def factory(self) -> str:
+        return self._settings["factory"]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- validation ----------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GalleryError("the gallery is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise GalleryError("the gallery is open read-only")
+
+    def _check_model(self, model_id: str) -> None:
+        if model_id != self.model_id:
+            raise ModelMismatch(f"the gallery holds embeddings of model {self.model_id!r}, not {model_id!r}")
+
+    def _unit_vectors(self, x, what: str) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise InvalidVector(f"{what} must be a (n, {self.dim}) array, got shape {x.shape}")
+        if x.shape[1] != self.dim:
+            raise ModelMismatch(f"{what} have {x.shape[1]} dimensions; the gallery holds {self.dim}-d vectors")
+        if not np.isfinite(x).all():
+            raise InvalidVector(f"{what} contain NaN or inf")
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise InvalidVector(f"{what} contain a zero vector (no direction to compare)")
+        return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def add(self, xb, records: Sequence[Record], *, model_id: str) -> list[int]:
+        """Add vectors with their records; returns the new ids once they are committed to the log."""
+        self._check_writable()
+        self._check_model(model_id)
+        xb = self._unit_vectors(xb, "vectors")
+        records = list(records)
+        if len(records) != len(xb):
+            raise ValueError(f"{len(xb)} vectors but {len(records)} records")
+        for r in records:
+            if not isinstance(r.metadata or {}, dict):
+                raise ValueError("Record.metadata must be a dict")
+            json.dumps(r.metadata or {})  # TypeError before anything is written, if not JSON
+        if not len(xb):
+            return []
+        with self._write_mutex:
+            self._check_open()
+            ids = self._store.insert(xb, records)
+            with self._rw.write():
+                self._index.add_with_ids(xb, np.asarray(ids, dtype=np.int64))
+            self._last_id = ids[-1]
+            self._count += len(ids)
+            self._dirty += len(ids)
+            self._maybe_train()
+            self._maybe_snapshot()
+        return ids
+
+    def remove(self, ids) -> int:
+        """Remove the ids that exist; returns how many were removed. Ids are never reused."""
+        self._check_writable()
+        wanted = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).ravel() if i >= 0})
+        with self._write_mutex:
+            self._check_open()
+            removed, seq = self._store.delete(wanted)
+            if removed:
+                with self._rw.write():
+                    self._remove_from_index(removed)
+            self._last_seq = seq
+            self._count -= len(removed)
+            self._dirty += len(removed)
+            self._maybe_snapshot()
+        return len(removed)
+
+    def _remove_from_index(self, ids: list[int]) -> None:
+        if self._kind.can_remove:
+            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+        else:
+            self._tombstones.update(ids)
+
+    def _maybe_train(self) -> None:
+        """Swap the exact stand-in for the factory's index once there are enough vectors to train it."""
+        if self._trained or not self._kind.needs_training or self._count < self._kind.min_train_size:
+            return
+        conn = self._store.reader()
+        conn.execute("BEGIN")
+        try:
+            self._rebuild(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def _maybe_snapshot(self) -> None:
+        if self._dirty >= self.snapshot_every:
+            self._write_snapshot()
+
+    def snapshot(self) -> None:
+        """Write the index and manifest now (also done on close and every ``snapshot_every`` mutations)."""
+        self._check_writable()
+        with self._write_mutex:
+            self._write_snapshot()
+
+    def _write_snapshot(self) -> None:
+        # Caller holds the write mutex, so the index and the watermark do not move underneath us.
+        if self._tombstones:  # HNSW cannot drop vectors: a snapshot holds live vectors only
+            conn = self._store.reader()
+            conn.execute("BEGIN")
+            try:
+                self._rebuild(conn)
+            finally:
+                conn.execute("COMMIT")
+        with self._rw.read():
+            data = faiss_index.to_bytes(self._index)
+            ntotal = self._index.ntotal
+        name = f"index.{self._next_generation():06d}.faiss"
+        write_atomic(self.path / name, data)
+        manifest = Manifest(
+            model_id=self.model_id,
+            dim=self.dim,
+            metric=METRIC,
+            factory=self.factory,
+            trained=self._trained,
+            index_file=name,
+            counts={"vectors": self._count, "ntotal": ntotal},
+            checksums={name: sha256(data)},
+            watermark={"last_id": self._last_id, "last_removal_seq": self._last_seq},
+            written_at=_now_iso(),
+        )
+        write_atomic(self.path / MANIFEST, manifest.to_bytes())
+        self._dirty = 0
+        self._remove_stale_files(keep=name)
+
+    def _next_generation(self) -> int:
+        found = [int(m.group(1)) for p in self.path.iterdir() if (m := INDEX_FILE.fullmatch(p.name))]
+        return max(found, default=0) + 1
+
+    def _remove_stale_files(self, keep: str | None = None) -> None:
+        """Snapshots the manifest no longer names and temp files left by a crash."""
+        if keep is None:
+            try:
+                keep = read_manifest(self.path).index_file
+            except SnapshotError:
+                return
+        for p in self.path.iterdir():
+            if (INDEX_FILE.fullmatch(p.name) and p.name != keep) or (
+                p.name.startswith(".") and p.name.endswith(".tmp")
+            ):
+                p.unlink(missing_ok=True)
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def get(self, id: int) -> Record | None:
+        self._check_open()
+        return None if int(id) < 0 else self._store.get(int(id))
+
+    def find_hash(self, content_hash: str) -> int | None:
+        self._check_open()
+        return self._store.find_hash(content_hash)
+
+    def search(self, xq, k: int, filters: SearchFilter | None = None, *, model_id: str) -> list[list[Hit]]:
+        """Top-k hits per query, best first, with their records; fewer than k when the gallery runs out.
+
+        Filters are applied after the search: the search over-fetches and widens (x4 each round) until every
+        query has k hits that pass or the index has nothing more to give.
+        """
+        self._check_open()
+        self._check_model(model_id)
+        xq = self._unit_vectors(xq, "queries")
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        active = filters if filters is not None and not filters.is_empty else None
+        results: list[list[Hit]] = [[] for _ in range(len(xq))]
+        with self._rw.read():
+            ntotal, holes = self._index.ntotal, len(self._tombstones)
+        fetch = min(ntotal, k * (FILTER_OVERFETCH if active else 1) + holes)
+        pending = list(range(len(xq)))
+        while pending and fetch > 0:
+            with self._rw.read():
+                D, I = faiss_index.search(self._index, xq[pending], fetch, self.threads)  # noqa: E741, N806 (faiss vocabulary)
+                ntotal = self._index.ntotal
+            found = I[I >= 0]  # faiss pads with -1: never a gallery id
+            records = self._store.records(np.unique(found).tolist())
+            still = []
+            for row, qi in enumerate(pending):
+                hits = []
+                for score, i in zip(D[row], I[row], strict=True):
+                    record = records.get(int(i)) if i >= 0 else None
+                    if record is None or (active is not None and not active.matches(record)):
+                        continue  # padding, removed since the search, or filtered out
+                    hits.append(Hit(int(i), float(score), record))
+                    if len(hits) == k:
+                        break
+                results[qi] = hits
+                exhausted = int((I[row] >= 0).sum()) < fetch or fetch >= ntotal
+                if len(hits) < k and not exhausted:
+                    still.append(qi)
+            pending, fetch = still, min(ntotal, fetch * FILTER_OVERFETCH)
+        return results
+
+    def stats(self) -> dict:
+        self._check_open()
+        with self._rw.read():
+            index_type = type(self._index).__name__
+            ntotal = self._index.ntotal
+        return {
+            "path": str(self.path),
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "metric": METRIC,
+            "factory": self.factory,
+            "trained": self._trained,
+            "serving": self.factory if self._trained or not self._kind.needs_training else "Flat (until trained)",
+            "min_train_size": self._kind.min_train_size,
+            "index_type": index_type,
+            "count": self._count,
+            "ntotal": ntotal,
+            "tombstones": len(self._tombstones),
+            "unsnapshotted": self._dirty,
+            "watermark": {"last_id": self._last_id, "last_removal_seq": self._last_seq},
+            "readonly": self.readonly,
+            "nprobe": self.nprobe or faiss_index.DEFAULT_NPROBE,
+            "ef_search": self.ef_search or faiss_index.DEFAULT_EF_SEARCH,
+            "open_seconds": round(self._open_seconds, 4),
+            "recovered": list(self._recovered),
+        }
+
+    # -- closing -------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Snapshot pending changes (writers), release the lock and the database. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            if not self.readonly and self._index is not None and self._dirty:
+                with self._write_mutex:
+                    self._write_snapshot()
+        finally:
+            self._closed = True
+            self._store.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing the descriptor releases the flock
+                self._lock_fd = None
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
