@@ -1,0 +1,126 @@
+"""The Embedder interface: uint8 crops in, L2-normalised float32 embeddings out, plus the spec it serves.
+
+Backends: ``OnnxEmbedder`` (ONNX Runtime in-process, the embedded default) and ``TritonEmbedder`` (a Triton
+Inference Server over gRPC or HTTP). Both check inputs and outputs with the helpers here, so a backend that
+returns the wrong shape, NaN or unnormalised rows is refused the same way whichever it is.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from server.spec import ModelSpec
+
+NORM_TOLERANCE = 1e-3  # |‖row‖ - 1| allowed for float32 rows (fp16 models stay well inside it)
+
+
+class EmbedderError(Exception):
+    """An embedding could not be produced."""
+
+
+class EmbedderUnavailable(EmbedderError):  # noqa: N818 (names fixed by the shared contract)
+    """The backend cannot be reached or is not ready (retry later)."""
+
+
+class EmbedderDeadline(EmbedderError):  # noqa: N818
+    """The backend did not answer within the request deadline."""
+
+
+class EmbedderBadResponse(EmbedderError):  # noqa: N818
+    """The backend answered with something that breaks the model spec (shape, dtype, NaN, norm, config)."""
+
+
+class Embedder(ABC):
+    """``spec`` is known after ``start()``; ``embed`` takes a batch of images already resized to the spec's HxW."""
+
+    spec: ModelSpec
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect or load, read the spec, check the model; raises EmbedderError."""
+
+    @abstractmethod
+    async def embed(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB -> float32 (N, D), rows of unit norm, row i for image i."""
+
+    @abstractmethod
+    async def ready(self) -> bool:
+        """Whether embed() can succeed now (never raises)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release sessions, connections and background tasks."""
+
+    async def __aenter__(self) -> Embedder:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+def check_images(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Caller errors (wrong dtype or size) are ValueError, not EmbedderError: the backend is fine."""
+    expected = (spec.input.height, spec.input.width, 3)
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise ValueError(f"images must be a uint8 numpy array, got {getattr(images, 'dtype', type(images))}")
+    if images.ndim != 4 or images.shape[1:] != expected or images.shape[0] == 0:
+        raise ValueError(f"images must have shape (N>0, {', '.join(map(str, expected))}), got {images.shape}")
+    return np.ascontiguousarray(images)
+
+
+def check_embeddings(embeddings: np.ndarray, n: int, spec: ModelSpec, tolerance: float = NORM_TOLERANCE) -> np.ndarray:
+    """Refuse a response that breaks the spec: shape (n, dim), float32, finite, unit L2 norm."""
+    if not isinstance(embeddings, np.ndarray):
+        raise EmbedderBadResponse(f"expected a numpy array, got {type(embeddings).__name__}")
+    if embeddings.shape != (n, spec.dim):
+        raise EmbedderBadResponse(f"expected embeddings of shape ({n}, {spec.dim}), got {embeddings.shape}")
+    if embeddings.dtype != np.float32:
+        raise EmbedderBadResponse(f"expected float32 embeddings, got {embeddings.dtype}")
+    if not np.isfinite(embeddings).all():
+        raise EmbedderBadResponse("embeddings contain NaN or infinity")
+    if spec.output.l2_normalized:
+        norms = np.linalg.norm(embeddings, axis=1)
+        worst = float(np.max(np.abs(norms - 1.0)))
+        if worst > tolerance:
+            raise EmbedderBadResponse(f"embeddings are not unit norm (worst |norm - 1| = {worst:.3g})")
+    return embeddings
+
+
+def batch_slices(n: int, max_batch: int) -> list[slice]:
+    """Consecutive slices of at most max_batch rows covering range(n)."""
+    return [slice(i, min(i + max_batch, n)) for i in range(0, n, max_batch)]
+
+
+def create_embedder(
+    backend: Literal["onnx", "triton"],
+    *,
+    artifact: Path | str | None = None,
+    triton_url: str | None = None,
+    model_name: str | None = None,
+    protocol: Literal["grpc", "http"] = "grpc",
+    **options,
+) -> Embedder:
+    """Build (not start) an embedder from settings: "onnx" needs artifact; "triton" needs triton_url and a model
+    name (defaults to the artifact folder's name, which export/ uses as the Triton model name). ``options`` go
+    to the backend's constructor."""
+    if backend == "onnx":
+        from server.onnx_embedder import OnnxEmbedder
+
+        if artifact is None:
+            raise ValueError("the onnx backend needs artifact (a folder with model.onnx)")
+        return OnnxEmbedder(Path(artifact) / "model.onnx", **options)
+    if backend == "triton":
+        from server.triton_embedder import TritonEmbedder
+
+        if triton_url is None:
+            raise ValueError("the triton backend needs triton_url")
+        name = model_name or (Path(artifact).name if artifact is not None else None)
+        if not name:
+            raise ValueError("the triton backend needs model_name (or an artifact whose folder name is the model)")
+        return TritonEmbedder(triton_url, name, protocol=protocol, **options)
+    raise ValueError(f"unknown embedder backend {backend!r} (expected 'onnx' or 'triton')")

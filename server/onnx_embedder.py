@@ -1,0 +1,245 @@
+"""In-process embedder: an ONNX Runtime session behind an async micro-batcher (the embedded default backend).
+
+The spec comes from the ONNX file's own metadata (``reid_spec``), so the file alone is enough to serve. Inference
+runs in a worker thread so the event loop keeps serving; concurrent callers are grouped by ``MicroBatcher`` with
+the policy of Triton's dynamic batcher (a batch closes when full or when its oldest request has waited
+max_delay), so throughput under concurrency beats one session call per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from server.embedder import (
+    Embedder,
+    EmbedderBadResponse,
+    EmbedderError,
+    EmbedderUnavailable,
+    batch_slices,
+    check_embeddings,
+    check_images,
+)
+from server.spec import SPEC_KEY, ModelSpec
+
+
+def default_providers() -> list[str]:
+    """CUDA when this onnxruntime build has it (onnxruntime-gpu), CPU always as the fallback."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def default_intra_op_threads() -> int:
+    """All cores this process may use. Measured on the 2-core dev host with the tiny artifact (server.bench):
+    2 threads beat 1 for batches >= 8 and tie for single images; more threads than cores only adds contention."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class MicroBatcher:
+    """Group concurrent ``submit`` calls into one ``run`` call, each caller getting back its own rows.
+
+    Policy of Triton's dynamic batcher with one model instance: the worker takes queued requests until the
+    batch holds max_batch rows or max_delay_s has passed since its oldest request arrived, then runs it; requests
+    arriving meanwhile wait for the next batch. A request is never split across batches (run splits oversized
+    ones itself). If run raises, every caller of that batch gets the exception.
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], Awaitable[np.ndarray]], *, max_batch: int, max_delay_s: float):
+        if max_batch < 1 or max_delay_s < 0:
+            raise ValueError("max_batch must be >= 1 and max_delay_s >= 0")
+        self._run = run
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self._queue: deque[tuple[np.ndarray, asyncio.Future, float]] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self.batch_sizes: list[int] = []  # rows per run call, for tests and benchmarks
+
+    async def submit(self, images: np.ndarray) -> np.ndarray:
+        if self._worker is None:  # started lazily so it lives on the caller's event loop
+            self._arrived = asyncio.Event()
+            self._worker = asyncio.create_task(self._work(), name="micro-batcher")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((images, future, time.monotonic()))
+        self._arrived.set()
+        return await future
+
+    def _queued_rows(self) -> int:
+        return sum(len(images) for images, _, _ in self._queue)
+
+    async def _work(self) -> None:
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            close_at = self._queue[0][2] + self.max_delay_s
+            while self._queued_rows() < self.max_batch and (wait := close_at - time.monotonic()) > 0:
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), timeout=wait)
+                except TimeoutError:
+                    break
+            batch = [self._queue.popleft()]
+            rows = len(batch[0][0])
+            while self._queue and rows + len(self._queue[0][0]) <= self.max_batch:
+                batch.append(self._queue.popleft())
+                rows += len(batch[-1][0])
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[np.ndarray, asyncio.Future, float]]) -> None:
+        arrays = [images for images, _, _ in batch]
+        self.batch_sizes.append(sum(len(a) for a in arrays))
+        try:
+            out = await self._run(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
+        except Exception as e:
+            for _, future, _ in batch:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        start = 0
+        for images, future, _ in batch:
+            if not future.done():  # a caller that gave up (cancelled) is skipped
+                future.set_result(out[start : start + len(images)])
+            start += len(images)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        while self._queue:
+            _, future, _ = self._queue.popleft()
+            if not future.done():
+                future.set_exception(EmbedderUnavailable("embedder closed"))
+
+
+class OnnxEmbedder(Embedder):
+    """ONNX Runtime embedder for an exported model.onnx (spec read from its metadata at start()).
+
+    micro_batch=False runs each call on its own (still split above spec.max_batch_size); max_batch defaults to
+    spec.max_batch_size; max_delay_ms is how long a batch may wait for company.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        *,
+        providers: list[str] | None = None,
+        intra_op_threads: int | None = None,
+        micro_batch: bool = True,
+        max_batch: int | None = None,
+        max_delay_ms: float = 2.0,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.providers = providers
+        self.intra_op_threads = intra_op_threads
+        self.micro_batch = micro_batch
+        self.max_batch = max_batch
+        self.max_delay_ms = max_delay_ms
+        self._session: ort.InferenceSession | None = None
+        self._batcher: MicroBatcher | None = None
+
+    async def start(self) -> None:
+        if not self.model_path.is_file():
+            raise EmbedderUnavailable(f"no ONNX model at {self.model_path}")
+        self._session = await asyncio.to_thread(self._load_session)
+        self.spec = spec_from_session(self._session)
+        check_session_io(self._session, self.spec)
+        if self.micro_batch:
+            self._batcher = MicroBatcher(
+                self._run_split,
+                max_batch=self.max_batch or self.spec.max_batch_size,
+                max_delay_s=self.max_delay_ms / 1000,
+            )
+
+    def _load_session(self) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads or default_intra_op_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            return ort.InferenceSession(str(self.model_path), options, providers=self.providers or default_providers())
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            raise EmbedderBadResponse(f"onnxruntime cannot load {self.model_path}: {e}") from e
+
+    async def _run_split(self, images: np.ndarray) -> np.ndarray:
+        return await asyncio.to_thread(self._run_sync, images)
+
+    def _run_sync(self, images: np.ndarray) -> np.ndarray:
+        session, spec = self._session, self.spec
+        if session is None:
+            raise EmbedderUnavailable("embedder closed")
+        try:
+            parts = [
+                session.run([spec.output.name], {spec.input.name: images[s]})[0]
+                for s in batch_slices(len(images), spec.max_batch_size)
+            ]
+        except Exception as e:
+            raise EmbedderError(f"onnxruntime failed: {e}") from e
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    async def embed(self, images: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            raise EmbedderUnavailable("embedder not started")
+        images = check_images(images, self.spec)
+        if self._batcher is not None:
+            out = await self._batcher.submit(images)
+        else:
+            out = await self._run_split(images)
+        return check_embeddings(out, len(images), self.spec)
+
+    async def ready(self) -> bool:
+        return self._session is not None
+
+    async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
+            self._batcher = None
+        self._session = None
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Rows per session call made by the micro-batcher (empty without micro-batching)."""
+        return self._batcher.batch_sizes if self._batcher is not None else []
+
+
+def spec_from_session(session: ort.InferenceSession) -> ModelSpec:
+    text = session.get_modelmeta().custom_metadata_map.get(SPEC_KEY)
+    if not text:
+        raise EmbedderBadResponse(f"the ONNX model has no {SPEC_KEY!r} metadata; export it with `python -m export`")
+    try:
+        return ModelSpec.from_json(text)
+    except ValueError as e:
+        raise EmbedderBadResponse(f"the ONNX model's {SPEC_KEY!r} metadata is not a valid spec: {e}") from e
+
+
+def check_session_io(session: ort.InferenceSession, spec: ModelSpec) -> None:
+    """The graph must have the spec's input and output (names, dtypes, fixed sizes); symbolic axes pass."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    image_input, embedding_output = inputs.get(spec.input.name), outputs.get(spec.output.name)
+    if image_input is None or embedding_output is None:
+        raise EmbedderBadResponse(
+            f"model I/O {sorted(inputs)} -> {sorted(outputs)} lacks {spec.input.name!r} -> {spec.output.name!r}"
+        )
+    if image_input.type != "tensor(uint8)" or embedding_output.type != "tensor(float)":
+        raise EmbedderBadResponse(f"model types {image_input.type} -> {embedding_output.type}, spec uint8 -> float32")
+    expected = {
+        "input": (image_input.shape[1:], list(spec.input_shape)),
+        "output": (embedding_output.shape[1:], [spec.dim]),
+    }
+    for what, (actual, wanted) in expected.items():
+        if len(actual) != len(wanted) or any(
+            isinstance(a, int) and a != w for a, w in zip(actual, wanted, strict=True)
+        ):
+            raise EmbedderBadResponse(f"model {what} shape {actual} disagrees with the spec {wanted}")
