@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
+# Pillow names a JPEG with a multi-picture (MPF) segment, as many cameras write, "MPO"; it is still a JPEG.
+FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp"}
 # Transparent pixels are composited over the ImageNet mean colour: after the model's mean/std
 # normalisation they are zero, the least informative input there is.
 ALPHA_BACKGROUND = np.array([124.0, 116.0, 104.0], dtype=np.float32)
@@ -41,8 +42,39 @@ class ImageLimits:
     max_aspect: float = 8.0  # max(h/w, w/h): person crops are tall, but not slivers
 
 
-def _header(data: bytes) -> tuple[str, int, int, int]:
-    """Format, width, height and EXIF orientation (1 = upright) from the header alone."""
+def _check_size(width: int, height: int, limits: ImageLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            422, "image_too_large", f"image has {width}x{height} pixels, more than the limit of {limits.max_pixels}"
+        )
+    if min(width, height) < limits.min_side:
+        raise ImageError(
+            422, "image_too_small", f"image is {width}x{height}; both sides must be at least {limits.min_side} pixels"
+        )
+    if max(width / height, height / width) > limits.max_aspect:
+        raise ImageError(
+            422,
+            "bad_aspect_ratio",
+            f"image is {width}x{height}; the aspect ratio must be within 1:{limits.max_aspect:g}",
+        )
+
+
+def _orientation(im: Image.Image) -> int:
+    # Pillow's PNG getexif() decodes the whole image when the eXIf chunk is not ahead of the pixel data;
+    # read only what the header pass already saw, so a PNG bomb costs nothing.
+    if im.format == "PNG":
+        raw = im.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+    else:
+        exif = im.getexif()
+    return int(exif.get(EXIF_ORIENTATION, 1) or 1)
+
+
+def _header(data: bytes, limits: ImageLimits) -> tuple[str, int, int, int]:
+    """Format, width, height and EXIF orientation (1 = upright) from the header alone; size limits checked."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or ""
@@ -52,10 +84,8 @@ def _header(data: bytes) -> tuple[str, int, int, int]:
                     "unsupported_media_type",
                     f"image format {fmt or 'unknown'} is not supported; send JPEG, PNG or WEBP",
                 )
-            orientation = 1
-            if fmt in ("JPEG", "WEBP", "PNG"):
-                orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
-            return FORMATS[fmt], im.width, im.height, orientation
+            _check_size(im.width, im.height, limits)
+            return FORMATS[fmt], im.width, im.height, _orientation(im)
     except UnidentifiedImageError:
         raise ImageError(415, "unsupported_media_type", "the upload is not a JPEG, PNG or WEBP image") from None
     except ImageError:
@@ -109,24 +139,13 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
     """Validate and decode image bytes to an upright (H, W, 3) RGB uint8 array, or raise ImageError."""
     if not data:
         raise ImageError(400, "invalid_image", "the upload is empty")
-    fmt, width, height, orientation = _header(data)
-    if width * height > limits.max_pixels:
-        raise ImageError(
-            422, "image_too_large", f"image has {width}x{height} pixels, more than the limit of {limits.max_pixels}"
-        )
-    if min(width, height) < limits.min_side:
-        raise ImageError(
-            422, "image_too_small", f"image is {width}x{height}; both sides must be at least {limits.min_side} pixels"
-        )
-    if max(width / height, height / width) > limits.max_aspect:
-        raise ImageError(
-            422,
-            "bad_aspect_ratio",
-            f"image is {width}x{height}; the aspect ratio must be within 1:{limits.max_aspect:g}",
-        )
+    fmt, width, height, orientation = _header(data, limits)
     _check_complete(fmt, data)
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.size == 0:
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        pixels = None
+    if pixels is None or pixels.size == 0 or pixels.shape[:2] != (height, width):
         raise ImageError(400, "invalid_image", f"the {fmt.upper()} data could not be decoded (corrupt or truncated)")
     return _orient(_to_rgb8(pixels), orientation)
 
