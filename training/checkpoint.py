@@ -106,6 +106,13 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+def update_meta(directory: str | Path, **entries: Any) -> dict[str, Any]:
+    """Replace top-level entries of a checkpoint's meta.json (e.g. metrics, threshold) and return the new meta."""
+    meta = read_meta(directory) | entries
+    _atomic_write(Path(directory) / META_FILE, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
+    return meta
+
+
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[APNet, dict[str, Any]]:
     """Rebuild the APNet of a checkpoint folder, in eval mode, and return it with its meta dict."""
     directory = Path(directory)

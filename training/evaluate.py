@@ -1,12 +1,24 @@
 """Retrieval evaluation with the Market-1501 protocol: CMC, mAP, mINP.
 
 For each query, gallery images of the same person seen by the same camera are ignored (they are too
-easy), and queries with no remaining match are skipped, as torchreid and fast-reid do.
+easy), and queries with no remaining match are skipped, as torchreid and fast-reid do. Also: feature
+extraction with flip-TTA, k-reciprocal re-ranking, an ROC summary and the match threshold the server uses.
+
+    python -m training.evaluate CHECKPOINT --data DIR [--rerank] [--write-meta]
 """
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from training.checkpoint import load_checkpoint, update_meta
+from training.data import ImageDataset, ReIDDataset, eval_transform, read_dataset
 
 
 def evaluate_rank(
@@ -53,3 +65,211 @@ def evaluate_rank(
     if num_valid == 0:
         raise ValueError("no query has a match in the gallery from another camera")
     return (cmc_sum / num_valid).astype(np.float32), float(ap_sum / num_valid), float(inp_sum / num_valid)
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module, loader: DataLoader, device: str | torch.device = "cpu", flip: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Post-BNNeck embeddings (N, D), pids (N,) and camids (N,) of a loader; flip-TTA adds the mirrored image's feature."""
+    model.eval()
+    feats, pids, camids = [], [], []
+    for images, pid, camid in loader:
+        images = images.to(device)
+        feature = model(images)
+        if flip:
+            feature = feature + model(images.flip(dims=[3]))
+        feats.append(feature.float().cpu())
+        pids.append(np.asarray(pid))
+        camids.append(np.asarray(camid))
+    return torch.cat(feats).numpy(), np.concatenate(pids), np.concatenate(camids)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def pairwise_distance(xq: np.ndarray, xb: np.ndarray, metric: str = "cosine") -> np.ndarray:
+    """ "cosine": 1 - cosine similarity; "euclidean": squared euclidean distance of the raw features."""
+    if metric == "cosine":
+        return 1.0 - l2_normalize(xq) @ l2_normalize(xb).T
+    if metric == "euclidean":
+        sq = (xq**2).sum(1)[:, None] + (xb**2).sum(1)[None, :] - 2.0 * xq @ xb.T
+        return np.maximum(sq, 0.0)
+    raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+
+
+def re_rank(
+    q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
+) -> np.ndarray:
+    """k-reciprocal re-ranking (Zhong et al., CVPR 2017): a Jaccard distance of k-reciprocal neighbour sets.
+
+    Takes the query-gallery, query-query and gallery-gallery distances, returns the new (num_q, num_g)
+    distance: (1 - lambda) * Jaccard + lambda * original. Dense O(N^2) memory over all N images.
+    """
+    num_q = q_g.shape[0]
+    dist = np.block([[q_q, q_g], [q_g.T, g_g]]).astype(np.float32) ** 2
+    dist = (dist / np.maximum(dist.max(axis=0, keepdims=True), 1e-12)).T
+    n = dist.shape[0]
+    rank = np.argsort(dist, axis=1, kind="stable").astype(np.int32)
+
+    def reciprocal(i: int, k: int) -> np.ndarray:
+        forward = rank[i, : k + 1]
+        return forward[(rank[forward, : k + 1] == i).any(axis=1)]
+
+    weights = np.zeros((n, n), dtype=np.float32)
+    half = int(np.around(k1 / 2))
+    for i in range(n):
+        neighbours = reciprocal(i, k1)
+        expanded = [neighbours]
+        for candidate in neighbours:
+            theirs = reciprocal(candidate, half)
+            if len(np.intersect1d(theirs, neighbours)) > 2 / 3 * len(theirs):
+                expanded.append(theirs)
+        expanded = np.unique(np.concatenate(expanded))
+        w = np.exp(-dist[i, expanded])
+        weights[i, expanded] = w / w.sum()
+    if k2 > 1:  # local query expansion: average the weight vectors of the k2 nearest neighbours
+        weights = np.stack([weights[rank[i, :k2]].mean(axis=0) for i in range(n)])
+    jaccard = np.empty((num_q, n), dtype=np.float32)
+    for i in range(num_q):
+        nonzero = np.flatnonzero(weights[i])
+        overlap = np.minimum(weights[i, nonzero][None, :], weights[:, nonzero]).sum(axis=1)
+        jaccard[i] = 1.0 - overlap / (2.0 - overlap)
+    final = (1 - lambda_value) * jaccard + lambda_value * dist[:num_q]
+    return final[:, num_q:]
+
+
+def _pair_scores(sim, q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarray, np.ndarray]:
+    """Similarities of the same-person and different-person query-gallery pairs (same-camera matches ignored)."""
+    same = q_pids[:, None] == g_pids[None, :]
+    ignored = same & (q_camids[:, None] == g_camids[None, :])
+    return sim[same & ~ignored], sim[~same]
+
+
+def threshold_at_fpr(negatives: np.ndarray, fpr: float) -> float:
+    """The lowest score s with mean(negatives >= s) <= fpr: "similarity >= s is a match" at that false-positive rate."""
+    if negatives.size == 0:
+        raise ValueError("no negative pairs to calibrate a threshold on")
+    ordered = np.sort(negatives)[::-1]
+    allowed = int(np.floor(fpr * ordered.size))
+    if allowed >= ordered.size:
+        return float(ordered[-1])
+    return float(np.nextafter(np.float32(ordered[allowed]), np.float32(np.inf)))
+
+
+def roc_summary(
+    sim: np.ndarray, q_pids, g_pids, q_camids, g_camids, fprs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+) -> dict[str, dict[str, float]]:
+    """For each target FPR: the similarity threshold and the true-positive rate over query-gallery pairs."""
+    positives, negatives = _pair_scores(sim, *map(np.asarray, (q_pids, g_pids, q_camids, g_camids)))
+    summary = {}
+    for fpr in fprs:
+        score = threshold_at_fpr(negatives, fpr)
+        summary[f"{fpr:g}"] = {
+            "score": score,
+            "tpr": float((positives >= score).mean()) if positives.size else 0.0,
+            "fpr": float((negatives >= score).mean()),
+        }
+    return summary
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # rank1, rank5, rank10, mAP, mINP
+    roc: dict[str, dict[str, float]]
+    threshold: dict[str, float]  # {"score": cosine similarity, "fpr": target}
+
+
+def evaluate_features(
+    qf: np.ndarray,
+    gf: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    metric: str = "cosine",
+    rerank: bool = False,
+    threshold_fpr: float = 1e-3,
+) -> EvalResult:
+    distmat = pairwise_distance(qf, gf, metric)
+    if rerank:
+        distmat = re_rank(distmat, pairwise_distance(qf, qf, metric), pairwise_distance(gf, gf, metric))
+    cmc, mean_ap, minp = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
+    metrics = {f"rank{r}": float(cmc[min(r, len(cmc)) - 1]) for r in (1, 5, 10)}
+    metrics |= {"mAP": mean_ap, "mINP": minp}
+    # The server compares cosine similarities of L2-normalised embeddings, so the ROC uses them too.
+    sim = l2_normalize(qf) @ l2_normalize(gf).T
+    fprs = tuple(sorted({1e-4, 1e-3, 1e-2, threshold_fpr}))
+    roc = roc_summary(sim, q_pids, g_pids, q_camids, g_camids, fprs)
+    threshold = {"score": roc[f"{threshold_fpr:g}"]["score"], "fpr": threshold_fpr}
+    return EvalResult(metrics=metrics, roc=roc, threshold=threshold)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    data: ReIDDataset,
+    height: int,
+    width: int,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 128,
+    num_workers: int = 0,
+    flip: bool = True,
+    metric: str = "cosine",
+    rerank: bool = False,
+    threshold_fpr: float = 1e-3,
+) -> EvalResult:
+    def loader(samples):
+        return DataLoader(ImageDataset(samples, height, width, eval_transform()), batch_size, num_workers=num_workers)
+
+    qf, q_pids, q_camids = extract_features(model, loader(data.query), device, flip)
+    gf, g_pids, g_camids = extract_features(model, loader(data.gallery), device, flip)
+    return evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric, rerank, threshold_fpr)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Evaluate an APNet checkpoint with the Market-1501 protocol.")
+    parser.add_argument("checkpoint", help="checkpoint folder (model.pt + meta.json)")
+    parser.add_argument("--data", required=True, help="data root (Market-1501 layout or MSMT17 list files)")
+    parser.add_argument("--dataset", default="auto", help="market1501 | duke | msmt17 | auto (a sub-folder of --data)")
+    parser.add_argument("--metric", default="cosine", choices=("cosine", "euclidean"))
+    parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
+    parser.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
+    parser.add_argument("--fpr", type=float, default=1e-3, help="false-positive rate of the match threshold")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--write-meta", action="store_true", help="store the metrics and threshold in meta.json")
+    args = parser.parse_args(argv)
+
+    model, meta = load_checkpoint(args.checkpoint, map_location=args.device)
+    data = read_dataset(args.data, args.dataset)
+    print(data.summary())
+    result = evaluate_model(
+        model,
+        data,
+        meta["data"]["height"],
+        meta["data"]["width"],
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        flip=not args.no_flip,
+        metric=args.metric,
+        rerank=args.rerank,
+        threshold_fpr=args.fpr,
+    )
+    print(format_metrics(result.metrics))
+    for target, row in result.roc.items():
+        print(f"FPR {target}: TPR {row['tpr']:.4f} at cosine similarity >= {row['score']:.4f}")
+    if args.write_meta:
+        update_meta(args.checkpoint, metrics=result.metrics, threshold=result.threshold)
+        print(f"metrics and threshold written to {Path(args.checkpoint) / 'meta.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,27 @@
 """Market-1501 ranking metrics against a plain per-query reference, re-ranking, ROC and the threshold."""
 
+import json
+
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
-from training.evaluate import evaluate_rank
+from training.checkpoint import data_meta, save_checkpoint
+from training.data import ImageDataset, eval_transform, read_dataset
+from training.evaluate import (
+    evaluate_rank,
+    extract_features,
+    main,
+    pairwise_distance,
+    re_rank,
+    roc_summary,
+    threshold_at_fpr,
+)
+from training.model import APNet, APNetConfig
+
+torch.set_num_threads(1)
 
 
 def _reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
@@ -58,3 +76,83 @@ def test_same_camera_matches_are_ignored_and_perfect_ranking_scores_one():
 def test_no_valid_query_raises():
     with pytest.raises(ValueError, match="no query"):
         evaluate_rank(np.zeros((1, 2)), np.array([1]), np.array([1, 2]), np.array([0]), np.array([0, 0]))
+
+
+def test_threshold_at_fpr_is_exact_on_distinct_scores_and_safe_on_ties():
+    negatives = np.arange(1000, dtype=np.float32) / 1000
+    score = threshold_at_fpr(negatives, 0.01)
+    assert (negatives >= score).mean() == 0.01 and (negatives >= np.float32(0.989)).mean() > 0.01
+    assert (negatives >= threshold_at_fpr(negatives, 1e-4)).mean() == 0.0
+    tied = np.array([0.9] * 5 + [0.1] * 95, dtype=np.float32)
+    assert (tied >= threshold_at_fpr(tied, 0.03)).mean() <= 0.03
+
+
+def test_roc_summary_counts_cross_camera_positives_only():
+    sim = np.array([[0.9, 0.8, 0.2, 0.1]])
+    q_pids, q_cams = np.array([1]), np.array([0])
+    g_pids, g_cams = np.array([1, 1, 2, 0]), np.array([0, 1, 1, 1])
+    roc = roc_summary(sim, q_pids, g_pids, q_cams, g_cams, fprs=(0.0, 0.5))
+    # negatives: 0.2 and 0.1; the same-camera positive (0.9) is ignored, the other one (0.8) is the positive.
+    assert roc["0"]["tpr"] == 1.0 and 0.2 < roc["0"]["score"] <= 0.8 and roc["0"]["fpr"] == 0.0
+    assert roc["0.5"]["fpr"] == 0.5
+
+
+def _clustered(seed):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(30, 16))
+    g_pids, g_cams = np.repeat(np.arange(30), 6), np.tile(np.arange(6), 30)
+    q_pids, q_cams = np.arange(30), np.full(30, 6)
+    gf = centers[g_pids] + 1.2 * rng.normal(size=(len(g_pids), 16))
+    qf = centers[q_pids] + 1.2 * rng.normal(size=(30, 16))
+    return qf, gf, q_pids, g_pids, q_cams, g_cams
+
+
+def test_re_ranking_improves_map_on_noisy_clusters_and_reduces_to_the_original_at_lambda_1():
+    gains = []
+    for seed in range(3):
+        qf, gf, q_pids, g_pids, q_cams, g_cams = _clustered(seed)
+        dist = pairwise_distance(qf, gf, "euclidean")
+        q_q, g_g = pairwise_distance(qf, qf, "euclidean"), pairwise_distance(gf, gf, "euclidean")
+        reranked = re_rank(dist, q_q, g_g)
+        assert reranked.shape == dist.shape
+        gains.append(
+            evaluate_rank(reranked, q_pids, g_pids, q_cams, g_cams)[1]
+            - evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)[1]
+        )
+        original = re_rank(dist, q_q, g_g, lambda_value=1.0)
+        np.testing.assert_array_equal(np.argsort(original, axis=1), np.argsort(dist, axis=1))
+    assert np.mean(gains) > 0.02
+
+
+def test_distances():
+    xq, xb = np.array([[3.0, 4.0]]), np.array([[6.0, 8.0], [0.0, 1.0]])
+    np.testing.assert_allclose(pairwise_distance(xq, xb, "cosine"), [[0.0, 0.2]], atol=1e-7)
+    np.testing.assert_allclose(pairwise_distance(xq, xb, "euclidean"), [[25.0, 18.0]])
+    with pytest.raises(ValueError):
+        pairwise_distance(xq, xb, "manhattan")
+
+
+def test_flip_tta_features_are_mirror_invariant(tiny_market):
+    torch.manual_seed(0)
+    model = APNet(APNetConfig(backbone="resnet18", level=1, num_classes=3)).eval()
+    data = read_dataset(tiny_market)
+    dataset = ImageDataset(data.query, 64, 32, eval_transform())
+    mirrored = ImageDataset(data.query, 64, 32, v2.Compose([v2.RandomHorizontalFlip(1.0), eval_transform()]))
+    f, pids, camids = extract_features(model, DataLoader(dataset, batch_size=3), flip=True)
+    f_mirror, _, _ = extract_features(model, DataLoader(mirrored, batch_size=3), flip=True)
+    f_plain, _, _ = extract_features(model, DataLoader(dataset, batch_size=3), flip=False)
+    assert f.shape == (len(data.query), 512) and list(pids) == [s.pid for s in data.query]
+    np.testing.assert_allclose(f, f_mirror, atol=1e-4)
+    assert not np.allclose(f, 2 * f_plain, atol=1e-4)
+
+
+def test_cli_prints_metrics_and_writes_the_threshold(tiny_market, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = APNet(APNetConfig(backbone="resnet18", level=2, num_classes=6))
+    save_checkpoint(tmp_path / "ckpt", model, {"data": data_meta(64, 32)})
+    main([str(tmp_path / "ckpt"), "--data", str(tiny_market), "--write-meta", "--rerank", "--fpr", "0.01"])
+    out = capsys.readouterr().out
+    assert "rank1" in out and "mAP" in out and "mINP" in out and "FPR 0.01" in out
+    meta = json.loads((tmp_path / "ckpt" / "meta.json").read_text())
+    assert set(meta["metrics"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
+    assert meta["threshold"]["fpr"] == 0.01 and -1.0 <= meta["threshold"]["score"] <= 1.0
