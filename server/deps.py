@@ -1,0 +1,221 @@
+"""The app's resources (embedder, gallery) and the dependencies routes declare with ``Annotated``.
+
+CPU work (decoding, faiss search, SQLite) runs in the threadpool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import numpy as np
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from index.errors import GalleryError, ModelMismatch
+from index.gallery import Gallery
+from server.embedder import Embedder, EmbedderDeadline, EmbedderUnavailable, check_embeddings, create_embedder
+from server.errors import APIError
+from server.imaging import decode_image, resize
+from server.metrics import Metrics
+from server.settings import Settings
+from server.spec import ModelSpec
+
+log = logging.getLogger("server")
+T = TypeVar("T")
+START_RETRY_S = 2.0  # how often a server whose backend was down at start tries again
+
+
+class Resources:
+    """What the lifespan creates: the embedder, the gallery, and the readiness that follows from them.
+
+    When the backend is unreachable at start, the server still starts (live, not ready) and keeps retrying in
+    the background; a gallery built with another model keeps it not ready for good (never mixes embeddings).
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics, embedder: Embedder | None = None):
+        self.settings = settings
+        self.metrics = metrics
+        self.embedder = embedder
+        self.gallery: Gallery | None = None
+        self.not_ready_reason = "starting"
+        self._retry_task: asyncio.Task | None = None
+
+    @property
+    def spec(self) -> ModelSpec:
+        assert self.embedder is not None
+        return self.embedder.spec
+
+    async def start(self) -> None:
+        s = self.settings
+        if self.embedder is None:
+            self.embedder = create_embedder(
+                s.backend,
+                artifact=s.artifact,
+                triton_url=s.triton_url,
+                model_name=s.model_name,
+                protocol=s.triton_protocol,
+            )
+        try:
+            await self._start_once()
+        except EmbedderUnavailable as exc:
+            log.warning("embedder unavailable at start (%s); retrying every %.0f s", exc, START_RETRY_S)
+            self.not_ready_reason = "the embedding backend is not reachable yet"
+            self._retry_task = asyncio.create_task(self._retry_start())
+
+    async def _start_once(self) -> None:
+        await self.embedder.start()
+        spec = self.spec
+        s = self.settings
+        try:
+            self.gallery = await run_in_threadpool(
+                Gallery.open_or_create,
+                s.gallery_dir,
+                model_id=spec.model_id,
+                dim=spec.dim,
+                factory=s.index_factory,
+                threads=s.search_threads,
+            )
+        except ModelMismatch as exc:
+            log.error("gallery refused: %s", exc)
+            self.not_ready_reason = (
+                f"the gallery was built with another model than {spec.model_id}; re-index it with this model"
+            )
+            return
+        except GalleryError as exc:
+            log.error("gallery could not be opened: %s", exc)
+            self.not_ready_reason = f"the gallery could not be opened ({type(exc).__name__})"
+            return
+        self.metrics.gallery_size.set(len(self.gallery))
+        self.not_ready_reason = ""
+        log.info("serving model %s with a gallery of %d", spec.model_id, len(self.gallery))
+
+    async def _retry_start(self) -> None:
+        while True:
+            await asyncio.sleep(START_RETRY_S)
+            try:
+                await self._start_once()
+                return
+            except EmbedderUnavailable:
+                continue
+
+    async def close(self) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+        if self.embedder is not None:
+            await self.embedder.close()
+        if self.gallery is not None:
+            await run_in_threadpool(self.gallery.close)
+
+    async def readiness(self) -> str:
+        """ "" when ready, else why not."""
+        if self.gallery is None:
+            return self.not_ready_reason or "not started"
+        if not await self.embedder.ready():
+            return "the embedding backend is not ready"
+        return ""
+
+    # The request path: each step raises an error the handlers turn into the right status.
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        """Bytes -> the model's (H, W, 3) uint8 input, through the same decoder as bulk indexing."""
+        spec, limits = self.spec, self.settings.image_limits
+
+        def work() -> np.ndarray:
+            return resize(decode_image(data, limits), spec.input.height, spec.input.width)
+
+        return await run_in_threadpool(work)
+
+    async def embed(self, images: np.ndarray) -> np.ndarray:
+        self.metrics.embed_batch.observe(len(images))
+        start = time.perf_counter()
+        try:
+            xq = await asyncio.wait_for(self.embedder.embed(images), self.settings.embed_deadline_s)
+        except TimeoutError:
+            raise EmbedderDeadline(f"the embedder did not answer within {self.settings.embed_deadline_s:g} s") from None
+        self.metrics.embed_latency.observe(time.perf_counter() - start)
+        return check_embeddings(xq, len(images), self.spec)
+
+    async def in_gallery(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Run a gallery call off the event loop (faiss and SQLite block)."""
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+
+def get_resources(request: Request) -> Resources:
+    return request.app.state.resources
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+def ready_resources(res: ResourcesDep) -> Resources:
+    if res.gallery is None or res.embedder is None:
+        raise APIError(
+            503, "not_ready", res.not_ready_reason or "not ready", {"Retry-After": str(res.settings.retry_after_s)}
+        )
+    return res
+
+
+ReadyDep = Annotated[Resources, Depends(ready_resources)]
+
+
+# Auth: admin keys may do anything, read keys may only read. Both headers are declared so OpenAPI documents them.
+
+
+class Role(enum.IntEnum):
+    reader = 1
+    admin = 2
+
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="admin or read-only API key")
+_bearer = HTTPBearer(auto_error=False, description="the same API key as a bearer token")
+
+
+def _matches(candidate: bytes, keys: list[str]) -> bool:
+    # Compare against every key so the time taken does not depend on which key (if any) matched.
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(candidate, key.encode())
+    return found
+
+
+def caller_role(
+    res: ResourcesDep,
+    api_key: Annotated[str | None, Security(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Role:
+    s = res.settings
+    if not s.auth_enabled:
+        return Role.admin
+    given = api_key if api_key is not None else (bearer.credentials if bearer is not None else None)
+    if given is None:
+        raise APIError(401, "unauthorized", "an API key is required (X-API-Key or Authorization: Bearer)")
+    candidate = given.encode("utf-8", "surrogateescape")
+    if _matches(candidate, s.api_keys):
+        return Role.admin
+    if _matches(candidate, s.read_api_keys):
+        return Role.reader
+    raise APIError(401, "unauthorized", "the API key is not valid")
+
+
+RoleDep = Annotated[Role, Depends(caller_role)]
+
+
+def require_reader(role: RoleDep) -> Role:
+    return role
+
+
+def require_admin(role: RoleDep) -> Role:
+    if role < Role.admin:
+        raise APIError(403, "forbidden", "this API key may only read; changing the gallery needs an admin key")
+    return role
+
+
+Reader = Annotated[Role, Depends(require_reader)]
+Admin = Annotated[Role, Depends(require_admin)]

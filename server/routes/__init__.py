@@ -1,0 +1,1 @@
+"""One router per resource: search and embed, the gallery, health and metrics."""

@@ -1,0 +1,40 @@
+"""Liveness, readiness and Prometheus metrics: open to probes, never refused by the in-flight bound."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.deps import ResourcesDep
+from server.errors import APIError, error_responses
+from server.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+@router.get("/healthz", response_model=Health, responses=error_responses(500))
+async def healthz() -> Health:
+    """The process is alive."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses=error_responses(500, 503))
+async def readyz(res: ResourcesDep) -> Readiness:
+    """Ready to search: the embedder answers and the gallery was built with this model."""
+    reason = await res.readiness()
+    if reason:
+        raise APIError(503, "not_ready", reason, {"Retry-After": str(res.settings.retry_after_s)})
+    return Readiness(
+        status="ready", model_id=res.spec.model_id, backend=res.settings.backend, gallery_size=len(res.gallery)
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}, **error_responses(500)},
+)
+async def metrics(res: ResourcesDep) -> Response:
+    """Prometheus metrics of this process."""
+    return Response(generate_latest(res.metrics.registry), media_type=CONTENT_TYPE_LATEST)

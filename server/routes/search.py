@@ -1,0 +1,102 @@
+"""POST /v1/search (image -> identities and hits) and POST /v1/embed (image -> vector)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Response, UploadFile
+
+from index.records import SearchFilter, aggregate_identities
+from server.deps import Reader, ReadyDep
+from server.errors import APIError, error_responses
+from server.schemas import EmbedResponse, IdentityResult, SearchHit, SearchResponse, Timings
+from server.settings import MAX_TOP_K
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+ImageUpload = Annotated[UploadFile, File(description="the query crop: JPEG, PNG or WEBP (recognised by content)")]
+IdList = Annotated[list[str] | None, Form()]
+UPLOAD_ERRORS = (400, 401, 403, 413, 415, 422, 500, 502, 503, 504)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def _server_timing(timings: Timings) -> str:
+    return f"decode;dur={timings.decode_ms}, embed;dur={timings.embed_ms}, search;dur={timings.search_ms}"
+
+
+async def _embed_upload(res: ReadyDep, image: UploadFile) -> tuple[np.ndarray, float, float]:
+    """One upload -> its embedding (1, D), with decode and embed seconds."""
+    t0 = time.perf_counter()
+    rgb = await res.decode(await image.read())
+    t1 = time.perf_counter()
+    xq = await res.embed(rgb[None])
+    return xq, t1 - t0, time.perf_counter() - t1
+
+
+@router.post("/search", response_model=SearchResponse, responses=error_responses(*UPLOAD_ERRORS))
+async def search(
+    _: Reader,
+    res: ReadyDep,
+    response: Response,
+    image: ImageUpload,
+    top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K, description="hits to return")] = 10,
+    cameras: IdList = None,
+    exclude_cameras: IdList = None,
+    person_ids: IdList = None,
+    time_from: Annotated[float | None, Form(description="Unix seconds, inclusive")] = None,
+    time_to: Annotated[float | None, Form(description="Unix seconds, inclusive")] = None,
+    query_camera: Annotated[
+        str | None, Form(description="the query's camera: its matches are dropped (the Market-1501 protocol)")
+    ] = None,
+) -> SearchResponse:
+    """Find the gallery identities closest to a person crop."""
+    if top_k > res.settings.max_top_k:
+        raise APIError(422, "invalid_parameters", f"top_k: at most {res.settings.max_top_k}")
+    if time_from is not None and time_to is not None and time_from > time_to:
+        raise APIError(422, "invalid_parameters", "time_from is after time_to")
+    excluded = set(exclude_cameras or [])
+    if query_camera is not None:
+        excluded.add(query_camera)
+    filters = SearchFilter(
+        cameras=cameras or None,
+        exclude_cameras=excluded or None,
+        person_ids=person_ids or None,
+        time_from=time_from,
+        time_to=time_to,
+    )
+    xq, decode_s, embed_s = await _embed_upload(res, image)
+    spec = res.spec
+    t0 = time.perf_counter()
+    hits = (await res.in_gallery(res.gallery.search, xq, top_k, filters, model_id=spec.model_id))[0]
+    search_s = time.perf_counter() - t0
+    res.metrics.search_latency.observe(search_s)
+
+    identities = aggregate_identities(hits)
+    threshold = spec.threshold.score if spec.threshold is not None else None
+    verdict = None
+    if threshold is not None:
+        verdict = "match" if identities and identities[0].score >= threshold else "unknown"
+    timings = Timings(decode_ms=_ms(decode_s), embed_ms=_ms(embed_s), search_ms=_ms(search_s))
+    response.headers["Server-Timing"] = _server_timing(timings)
+    return SearchResponse(
+        model_id=spec.model_id,
+        verdict=verdict,
+        threshold=threshold,
+        identities=[IdentityResult.of(i) for i in identities],
+        hits=[SearchHit.of(h) for h in hits],
+        timings=timings,
+    )
+
+
+@router.post("/embed", response_model=EmbedResponse, responses=error_responses(*UPLOAD_ERRORS))
+async def embed(_: Reader, res: ReadyDep, response: Response, image: ImageUpload) -> EmbedResponse:
+    """The L2-normalised embedding of a person crop."""
+    xq, decode_s, embed_s = await _embed_upload(res, image)
+    timings = Timings(decode_ms=_ms(decode_s), embed_ms=_ms(embed_s))
+    response.headers["Server-Timing"] = _server_timing(timings)
+    return EmbedResponse(model_id=res.spec.model_id, dim=res.spec.dim, embedding=xq[0].tolist(), timings=timings)
