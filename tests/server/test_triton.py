@@ -1,0 +1,132 @@
+"""TritonEmbedder against a real tritonserver (nvidia-pytriton's binary) started by LocalTriton."""
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from server.embedder import EmbedderBadResponse, EmbedderUnavailable
+from server.onnx_embedder import OnnxEmbedder
+from server.spec import ModelSpec
+from server.triton import LocalTriton, free_port
+from server.triton_embedder import TritonEmbedder
+from tests.fixtures.triton import make_spec, write_toy_repository_model
+from tests.server.test_embedder import images_for
+
+
+async def onnx_reference(artifact, images):
+    async with OnnxEmbedder(artifact / "model.onnx", intra_op_threads=1, micro_batch=False) as embedder:
+        return await embedder.embed(images)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_triton_and_onnx_runtime_give_the_same_embeddings(local_triton, tiny_artifact, protocol):
+    url = local_triton.url_grpc if protocol == "grpc" else local_triton.url_http
+
+    async def scenario():
+        async with TritonEmbedder(url, local_triton.model_name, protocol) as triton:
+            images = images_for(triton.spec, 2 * triton.max_batch + 1, seed=3)  # split above the max batch size
+            return triton.spec, await triton.embed(images), await onnx_reference(tiny_artifact, images)
+
+    spec, served, reference = asyncio.run(scenario())
+    assert spec == ModelSpec.from_json((tiny_artifact / "spec.json").read_text())
+    assert served.shape == reference.shape == (len(reference), spec.dim)
+    np.testing.assert_allclose(served, reference, atol=1e-5, rtol=0)
+
+
+def test_concurrent_requests_are_batched_by_triton_and_answered_per_caller(local_triton, tiny_artifact):
+    async def scenario():
+        async with TritonEmbedder(local_triton.url_grpc, local_triton.model_name) as triton:
+            images = images_for(triton.spec, 16, seed=4)
+            before = (await triton.statistics())["model_stats"][0]
+            results = await asyncio.gather(*(triton.embed(images[i : i + 1]) for i in range(16)))
+            after = (await triton.statistics())["model_stats"][0]
+            return results, await onnx_reference(tiny_artifact, images), before, after
+
+    results, reference, before, after = asyncio.run(scenario())
+    for i, out in enumerate(results):
+        np.testing.assert_allclose(out[0], reference[i], atol=1e-5, rtol=0)
+    inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
+    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    assert inferences == 16
+    assert executions < 16  # the dynamic batcher ran some of the 16 one-image requests together
+
+
+@pytest.mark.slow
+def test_stopped_triton_fails_fast_and_the_same_embedder_recovers(tiny_artifact):
+    triton = LocalTriton(tiny_artifact)  # its own server: stopping it leaves the session one alone
+
+    async def scenario():
+        async with TritonEmbedder(triton.url_grpc, triton.model_name, timeout_s=5.0) as embedder:
+            images = images_for(embedder.spec, 2, seed=5)
+            first = await embedder.embed(images)
+            triton.stop()
+            assert not await embedder.ready()
+            with pytest.raises(EmbedderUnavailable, match="127.0.0.1"):
+                async with asyncio.timeout(1.0):  # well under the 5 s deadline: refused, not timed out
+                    await embedder.embed(images)
+            triton.start()
+            assert await embedder.ready()
+            return first, await embedder.embed(images)
+
+    with triton:
+        first, again = asyncio.run(scenario())
+    np.testing.assert_array_equal(first, again)
+
+
+@pytest.fixture(scope="module")
+def broken_triton(tmp_path_factory):
+    """One Triton serving two broken models: one whose config dim disagrees with its spec, one that returns NaN."""
+    artifact = tmp_path_factory.mktemp("broken")
+    spec = make_spec()
+    write_toy_repository_model(artifact / "model_repository", "wrong_dim", spec, out_dim=spec.dim + 1)
+    write_toy_repository_model(artifact / "model_repository", "nan_out", spec, poison="nan")
+    with LocalTriton(artifact) as triton:
+        yield triton
+
+
+@pytest.mark.slow
+def test_triton_model_whose_dim_disagrees_with_its_spec_is_refused(broken_triton):
+    embedder = TritonEmbedder(broken_triton.url_grpc, "wrong_dim")
+    with pytest.raises(EmbedderBadResponse, match="output 'embeddings'"):
+        asyncio.run(embedder.start())
+
+
+@pytest.mark.slow
+def test_triton_model_returning_nan_is_refused(broken_triton):
+    async def scenario():
+        async with TritonEmbedder(broken_triton.url_http, "nan_out", "http") as embedder:
+            await embedder.embed(images_for(embedder.spec, 3))
+
+    with pytest.raises(EmbedderBadResponse, match="NaN"):
+        asyncio.run(scenario())
+
+
+def test_unknown_model_is_refused_at_start(local_triton):
+    with pytest.raises(EmbedderUnavailable, match="not ready"):
+        asyncio.run(TritonEmbedder(local_triton.url_grpc, "no_such_model").start())
+
+
+@pytest.mark.slow
+def test_launcher_reports_readiness_and_exits_cleanly_on_sigterm(tiny_artifact, tmp_path):
+    log_file = tmp_path / "triton.log"
+    ports = [str(free_port()) for _ in range(3)]
+    command = [sys.executable, "-m", "server.triton", "--artifact", str(tiny_artifact), "--log-file", str(log_file)]
+    command += ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout:
+            if "READY" in line or "Error" in line:
+                break
+        assert f"grpc=127.0.0.1:{ports[1]}" in line
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log_text = log_file.read_text()
+    assert "Started GRPCInferenceService" in log_text
+    assert "successfully unloaded" in log_text  # Triton drained and unloaded the model, not killed
