@@ -138,7 +138,7 @@ class OnnxEmbedder(Embedder):
         intra_op_threads: int | None = None,
         micro_batch: bool = True,
         max_batch: int | None = None,
-        max_delay_ms: float = 2.0,
+        max_delay_ms: float = 0.5,  # as the exported Triton config (max_queue_delay_microseconds: 500)
     ) -> None:
         self.model_path = Path(model_path)
         self.providers = providers
