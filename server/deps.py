@@ -1,16 +1,20 @@
 """The app's resources (embedder, gallery) and the dependencies routes declare with ``Annotated``.
 
-CPU work (decoding, faiss search, SQLite) runs in the threadpool, never on the event loop.
+CPU work never runs on the event loop: decoding goes to the threadpool, gallery calls (faiss, SQLite) to one
+gallery thread. One thread because the gallery's SQLite reader connections belong to the thread that made
+them and can only be closed there; faiss on one OpenMP thread is also the fastest for single queries here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import hmac
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, TypeVar
 
 import numpy as np
@@ -46,6 +50,7 @@ class Resources:
         self.gallery: Gallery | None = None
         self.not_ready_reason = "starting"
         self._retry_task: asyncio.Task | None = None
+        self._gallery_thread: ThreadPoolExecutor | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -54,6 +59,7 @@ class Resources:
 
     async def start(self) -> None:
         s = self.settings
+        self._gallery_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gallery")
         if self.embedder is None:
             self.embedder = create_embedder(
                 s.backend,
@@ -74,7 +80,7 @@ class Resources:
         spec = self.spec
         s = self.settings
         try:
-            self.gallery = await run_in_threadpool(
+            self.gallery = await self.in_gallery(
                 Gallery.open_or_create,
                 s.gallery_dir,
                 model_id=spec.model_id,
@@ -111,7 +117,9 @@ class Resources:
         if self.embedder is not None:
             await self.embedder.close()
         if self.gallery is not None:
-            await run_in_threadpool(self.gallery.close)
+            await self.in_gallery(self.gallery.close)
+        if self._gallery_thread is not None:
+            self._gallery_thread.shutdown(wait=True)
 
     async def readiness(self) -> str:
         """ "" when ready, else why not."""
@@ -143,8 +151,10 @@ class Resources:
         return check_embeddings(xq, len(images), self.spec)
 
     async def in_gallery(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Run a gallery call off the event loop (faiss and SQLite block)."""
-        return await run_in_threadpool(fn, *args, **kwargs)
+        """Run a gallery call on the gallery thread (faiss and SQLite block)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._gallery_thread, functools.partial(fn, *args, **kwargs)
+        )
 
 
 def get_resources(request: Request) -> Resources:

@@ -1,0 +1,133 @@
+"""Typed results, parsed from the API's JSON (unknown fields are ignored, so newer servers stay readable)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+def _parse(cls: type[T], data: dict) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Timings:
+    decode_ms: float
+    embed_ms: float
+    search_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    score: float
+    person_id: str | None
+    camera_id: str | None
+    captured_at: float | None = None
+    track_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Identity:
+    person_id: str
+    score: float
+    count: int
+    best_id: int
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    model_id: str
+    verdict: Literal["match", "unknown"] | None
+    threshold: float | None
+    identities: list[Identity]
+    hits: list[Hit]
+    timings: Timings
+
+    @classmethod
+    def from_json(cls, data: dict) -> SearchResult:
+        return cls(
+            model_id=data["model_id"],
+            verdict=data.get("verdict"),
+            threshold=data.get("threshold"),
+            identities=[_parse(Identity, i) for i in data["identities"]],
+            hits=[_parse(Hit, h) for h in data["hits"]],
+            timings=_parse(Timings, data["timings"]),
+        )
+
+
+@dataclass(frozen=True)
+class Embedding:
+    model_id: str
+    dim: int
+    vector: list[float]
+    timings: Timings
+
+    @classmethod
+    def from_json(cls, data: dict) -> Embedding:
+        return cls(data["model_id"], data["dim"], data["embedding"], _parse(Timings, data["timings"]))
+
+
+@dataclass(frozen=True)
+class AddedItem:
+    index: int
+    id: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class AddResult:
+    model_id: str
+    ids: list[int]
+    items: list[AddedItem]
+    added: int
+    duplicates: int
+
+    @classmethod
+    def from_json(cls, data: dict) -> AddResult:
+        items = [_parse(AddedItem, i) for i in data["items"]]
+        return cls(data["model_id"], data["ids"], items, data["added"], data["duplicates"])
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    id: int
+    person_id: str | None
+    camera_id: str | None
+    captured_at: float | None = None
+    track_id: str | None = None
+    source: str | None = None
+    content_hash: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    added_at: float | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> GalleryItem:
+        return _parse(cls, data)
+
+
+@dataclass(frozen=True)
+class GalleryStats:
+    count: int
+    model_id: str
+    dim: int
+    index_type: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict) -> GalleryStats:
+        return _parse(cls, data)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    model_id: str | None = None
+    backend: str | None = None
+    gallery_size: int | None = None
+    reason: str = ""
