@@ -293,9 +293,8 @@ class TritonPythonModel:
         self._input = config["input"][0]["name"]
         self._output = config["output"][0]["name"]
         model_path = Path(args["model_repository"]) / args["model_version"] / MODEL_FILE
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("REID_TRITON_ORT_THREADS", "0"))  # 0: ORT default
-        self._session = ort.InferenceSession(str(model_path), options, providers=ort.get_available_providers())
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self._session = ort.InferenceSession(str(model_path), providers=providers)
 
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
@@ -316,9 +315,10 @@ class TritonPythonModel:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.triton", description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", required=True, type=Path, help="artifact folder with model_repository/")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
+    # Triton's usual 8000-8002 shifted by 10: `make serve` puts the API on 8000.
+    parser.add_argument("--http-port", type=int, default=8010)
+    parser.add_argument("--grpc-port", type=int, default=8011)
+    parser.add_argument("--metrics-port", type=int, default=8012)
     parser.add_argument("--log-file", type=Path, default=None, help="tritonserver log (default runs/triton/NAME.log)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

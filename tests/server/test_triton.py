@@ -2,17 +2,19 @@
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
 
-from server.embedder import EmbedderBadResponse, EmbedderUnavailable
+from server.embedder import EmbedderBadResponse, EmbedderDeadline, EmbedderUnavailable
 from server.onnx_embedder import OnnxEmbedder
 from server.spec import ModelSpec
 from server.triton import LocalTriton, free_port
-from server.triton_embedder import TritonEmbedder
+from server.triton_embedder import TritonEmbedder, map_triton_error
 from tests.fixtures.triton import make_spec, write_toy_repository_model
 from tests.server.test_embedder import images_for
 
@@ -130,3 +132,53 @@ def test_launcher_reports_readiness_and_exits_cleanly_on_sigterm(tiny_artifact, 
     log_text = log_file.read_text()
     assert "Started GRPCInferenceService" in log_text
     assert "successfully unloaded" in log_text  # Triton drained and unloaded the model, not killed
+
+
+# -- failure handling without a Triton ------------------------------------------------------------------------
+
+
+class CountingEmbedder(TritonEmbedder):
+    attempts = 0
+
+    async def _read_config(self, client):
+        self.attempts += 1
+        return await super()._read_config(client)
+
+
+def test_unreachable_triton_is_retried_a_bounded_number_of_times_then_unavailable():
+    embedder = CountingEmbedder(f"127.0.0.1:{free_port()}", "m", retries=2, backoff_s=0.01)
+    with pytest.raises(EmbedderUnavailable, match="127.0.0.1"):
+        asyncio.run(embedder.start())
+    assert embedder.attempts == 3
+
+
+def test_silent_server_hits_the_deadline():
+    # HTTP: the request is sent and never answered. (gRPC reports a peer that never speaks HTTP/2 as unavailable.)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections (kernel backlog), never answers
+        url = f"127.0.0.1:{silent.getsockname()[1]}"
+        embedder = CountingEmbedder(url, "m", "http", timeout_s=0.3)
+
+        async def scenario():
+            try:
+                await embedder.start()
+            finally:
+                await embedder.close()
+
+        with pytest.raises(EmbedderDeadline, match="0.3 s"):
+            asyncio.run(scenario())
+    assert embedder.attempts == 1  # a deadline is not retried: the request may still be running
+
+
+@pytest.mark.parametrize(
+    "status, kind",
+    [
+        ("StatusCode.UNAVAILABLE", EmbedderUnavailable),
+        ("503", EmbedderUnavailable),
+        ("StatusCode.DEADLINE_EXCEEDED", EmbedderDeadline),
+        ("StatusCode.INTERNAL", EmbedderBadResponse),
+        ("400", EmbedderBadResponse),
+    ],
+)
+def test_triton_errors_map_to_the_embedder_hierarchy(status, kind):
+    error = map_triton_error(InferenceServerException("boom", status=status), "h:1")
+    assert type(error) is kind and "boom" in str(error)
