@@ -1,11 +1,252 @@
-"""The `reid` command line."""
+"""The `reid` command line: search, add, rm, stats and index through the API; serve starts the API.
 
+The server side (``reid serve``, ``reid index --gallery``) runs as child processes (uvicorn, server.triton,
+index.bulk), so the client package never imports server code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
 import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+
+from client.api import DEFAULT_URL, ReIDClient
+from client.errors import ReIDError
+from client.models import SearchResult
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+# Market-1501 / DukeMTMC-reID crop names: PPPP_cCsS_FFFFFF_NN.jpg (person -1 marks junk crops).
+MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("reid: the client CLI is not implemented yet", file=sys.stderr)
-    return 2
+def _client(args: argparse.Namespace) -> ReIDClient:
+    return ReIDClient(args.url, api_key=args.api_key, timeout=args.timeout)
+
+
+def _print_search(result: SearchResult) -> None:
+    t = result.timings
+    verdict = result.verdict or "n/a (the model has no calibrated threshold)"
+    threshold = f" (threshold {result.threshold:.3f})" if result.threshold is not None else ""
+    print(f"verdict: {verdict}{threshold}   model: {result.model_id}")
+    print(f"timings: decode {t.decode_ms:.1f} ms, embed {t.embed_ms:.1f} ms, search {t.search_ms:.1f} ms")
+    print("\nidentities")
+    print(f"  {'rank':>4}  {'person':<12} {'score':>7} {'hits':>5} {'best id':>8}")
+    for rank, identity in enumerate(result.identities, 1):
+        print(f"  {rank:>4}  {identity.person_id:<12} {identity.score:>7.4f} {identity.count:>5} {identity.best_id:>8}")
+    print("\nhits")
+    print(f"  {'rank':>4}  {'id':>8} {'person':<12} {'camera':<8} {'score':>7}")
+    for rank, hit in enumerate(result.hits, 1):
+        print(f"  {rank:>4}  {hit.id:>8} {hit.person_id or '-':<12} {hit.camera_id or '-':<8} {hit.score:>7.4f}")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    with _client(args) as reid:
+        result = reid.search(args.image, top_k=args.k, query_camera=args.query_camera, cameras=args.camera or None)
+    if args.json:
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        _print_search(result)
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    metadata = json.loads(args.metadata) if args.metadata else None
+    with _client(args) as reid:
+        result = reid.add(args.images, args.person, camera_id=args.camera, metadata=metadata)
+    for item, path in zip(result.items, args.images, strict=True):
+        print(f"{item.id}\t{path}{'  (duplicate)' if item.duplicate else ''}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with _client(args) as reid:
+        for item_id in args.ids:
+            reid.delete(item_id)
+            print(f"removed {item_id}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _client(args) as reid:
+        stats = reid.stats()
+        readiness = reid.ready()
+    if args.json:
+        print(json.dumps({**asdict(stats), "ready": readiness.ready, "reason": readiness.reason}, indent=2))
+        return 0
+    print(f"gallery: {stats.count} images, model {stats.model_id}, dim {stats.dim}, index {stats.index_type}")
+    print(f"ready:   {'yes' if readiness.ready else 'no: ' + readiness.reason}")
+    return 0
+
+
+def _images_in(folder: Path) -> Iterator[Path]:
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            yield path
+
+
+def _person_and_camera(path: Path, person: str | None, camera: str | None) -> tuple[str, str | None] | None:
+    """From a Market-1501 style name, else the --person/--camera defaults; None skips the file."""
+    match = MARKET_NAME.match(path.name)
+    if match:
+        if match.group(1) == "-1":
+            return None  # junk crop in the Market protocol
+        return match.group(1), match.group(2)
+    return (person, camera) if person else None
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    if args.gallery is not None:
+        # Straight into a gallery folder (no server): the same code path as `make index`.
+        if args.artifact is None:
+            print("reid index --gallery needs --artifact (the model that embeds the crops)", file=sys.stderr)
+            return 2
+        command = [sys.executable, "-m", "index.bulk", str(args.folder), "--gallery", str(args.gallery)]
+        command += ["--artifact", str(args.artifact)]
+        return subprocess.call(command)
+    added = duplicates = skipped = 0
+    batch: list[tuple[Path, str, str | None]] = []
+
+    def flush(reid: ReIDClient) -> None:
+        nonlocal added, duplicates
+        if batch:
+            paths, people, cameras = zip(*batch, strict=True)
+            result = reid.add(list(paths), list(people), camera_id=list(cameras))
+            added += result.added
+            duplicates += result.duplicates
+            batch.clear()
+
+    with _client(args) as reid:
+        for path in _images_in(args.folder):
+            labels = _person_and_camera(path, args.person, args.camera)
+            if labels is None:
+                skipped += 1
+                continue
+            batch.append((path, labels[0], labels[1] or ""))
+            if len(batch) >= args.batch:
+                flush(reid)
+        flush(reid)
+    print(f"added {added}, duplicates {duplicates}, skipped {skipped} (junk or no person id)")
+    return 0
+
+
+def _wait_http(url: str, process: subprocess.Popen, what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} was not ready after {timeout_s:.0f} s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    if args.artifact is not None:
+        env["REID_ARTIFACT"] = str(args.artifact)
+    if args.gallery is not None:
+        env["REID_GALLERY_DIR"] = str(args.gallery)
+    children: list[subprocess.Popen] = []
+    try:
+        if args.triton:
+            if args.artifact is None:
+                print("reid serve --triton needs --artifact (its model repository is served)", file=sys.stderr)
+                return 2
+            http_port = args.triton_port
+            command = [sys.executable, "-m", "server.triton", "--artifact", str(args.artifact)]
+            command += ["--http-port", str(http_port), "--grpc-port", str(http_port + 1)]
+            command += ["--metrics-port", str(http_port + 2)]
+            children.append(subprocess.Popen(command))
+            _wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready", children[-1], "tritonserver", 300)
+            env["REID_TRITON_URL"] = f"127.0.0.1:{http_port + 1}"
+            env["REID_BACKEND"] = "triton"
+        command = [sys.executable, "-m", "uvicorn", "server.main:app", "--host", args.host, "--port", str(args.port)]
+        children.append(subprocess.Popen(command, env=env))
+        return children[-1].wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reid", description="Person re-identification retrieval: the API's CLI.")
+    parser.add_argument("--url", default=os.environ.get("REID_URL", DEFAULT_URL), help="API base URL (REID_URL)")
+    parser.add_argument("--api-key", default=os.environ.get("REID_API_KEY"), help="API key (REID_API_KEY)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("search", help="find the identities matching a person crop")
+    p.add_argument("image", type=Path)
+    p.add_argument("-k", type=int, default=10, help="hits to return (at most 100)")
+    p.add_argument("--query-camera", help="drop matches from this camera (Market-1501 protocol)")
+    p.add_argument("--camera", action="append", help="only hits from this camera (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=cmd_search)
+
+    p = sub.add_parser("add", help="add crops of one person to the gallery")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--person", required=True)
+    p.add_argument("--camera")
+    p.add_argument("--metadata", help="a JSON object stored with each image")
+    p.set_defaults(run=cmd_add)
+
+    p = sub.add_parser("rm", help="remove gallery items by id")
+    p.add_argument("ids", nargs="+", type=int)
+    p.set_defaults(run=cmd_rm)
+
+    p = sub.add_parser("stats", help="gallery size, model and readiness")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_stats)
+
+    p = sub.add_parser("index", help="add every crop of a folder (Market-1501 names give person and camera)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--gallery", type=Path, help="write straight into this gallery folder (no server) via index.bulk")
+    p.add_argument("--artifact", type=Path, help="model artifact for --gallery")
+    p.add_argument("--person", help="person id for files without a Market-1501 name")
+    p.add_argument("--camera", help="camera id for files without a Market-1501 name")
+    p.add_argument("--batch", type=int, default=16, help="images per request")
+    p.set_defaults(run=cmd_index)
+
+    p = sub.add_parser("serve", help="start the API (and, with --triton, a local Triton server)")
+    p.add_argument("--artifact", type=Path, help="exported model folder (REID_ARTIFACT)")
+    p.add_argument("--gallery", type=Path, help="gallery folder (REID_GALLERY_DIR)")
+    p.add_argument("--triton", action="store_true", help="serve the model from a local Triton instead of in-process")
+    p.add_argument("--triton-port", type=int, default=8010, help="Triton HTTP port; gRPC and metrics use the next two")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(run=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ReIDError as exc:
+        print(f"reid: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"reid: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

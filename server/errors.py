@@ -114,10 +114,6 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(request_id_of(request), 422, "invalid_parameters", _validation_message(exc))
 
-    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return error_response(request_id_of(request), 500, "internal_error", "internal server error")
-
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(ImageError, image_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -131,7 +127,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(GalleryLocked, handle(503, "gallery_locked", "another process holds the gallery", retry))
     app.add_exception_handler(CorruptGallery, handle(503, "gallery_corrupt", "the gallery is corrupt", retry))
     app.add_exception_handler(GalleryError, handle(500, "gallery_error", "the gallery failed"))
-    app.add_exception_handler(Exception, unhandled)
+    # Anything else is a bug: UnhandledErrorMiddleware answers 500.
 
 
 class RequestIdMiddleware:
@@ -155,6 +151,36 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class UnhandledErrorMiddleware:
+    """Answer a 500 in the error schema (no message, path or traceback) for any exception that escapes the app.
+
+    Hand-written instead of an ``Exception`` handler: Starlette re-raises after that handler answers, and
+    uvicorn then closes the connection, which breaks the client's next request on the same keep-alive socket.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                response = error_response(request_id_of(scope), 500, "internal_error", "internal server error")
+                await response(scope, receive, send)
 
 
 class BodySizeLimitMiddleware:

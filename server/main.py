@@ -10,7 +10,13 @@ from starlette.middleware import Middleware
 
 from server.deps import Resources
 from server.embedder import Embedder
-from server.errors import BodySizeLimitMiddleware, InFlightLimitMiddleware, RequestIdMiddleware, install_error_handlers
+from server.errors import (
+    BodySizeLimitMiddleware,
+    InFlightLimitMiddleware,
+    RequestIdMiddleware,
+    UnhandledErrorMiddleware,
+    install_error_handlers,
+)
 from server.metrics import Metrics, MetricsMiddleware
 from server.routes import gallery, health, search
 from server.settings import Settings
@@ -33,6 +39,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     # Outermost first: every answer, refusals included, gets a request id and is counted.
     middleware = [
         Middleware(RequestIdMiddleware),
+        Middleware(UnhandledErrorMiddleware),
         Middleware(MetricsMiddleware, metrics=metrics),
         Middleware(
             InFlightLimitMiddleware,

@@ -67,9 +67,9 @@ async def add_images(
     if n > res.settings.max_images_per_request:
         raise APIError(422, "invalid_parameters", f"at most {res.settings.max_images_per_request} images per request")
     people = _per_image(person_id, n, "person_id")
-    cameras = _per_image(camera_id, n, "camera_id")
+    cameras = [c or None for c in _per_image(camera_id, n, "camera_id")]  # "" means unknown
     times = _per_image(captured_at, n, "captured_at")
-    tracks = _per_image(track_id, n, "track_id")
+    tracks = [t or None for t in _per_image(track_id, n, "track_id")]
     metas = [_metadata(m, i) for i, m in enumerate(_per_image(metadata, n, "metadata"))]
     if any(not p for p in people):
         raise APIError(422, "invalid_parameters", "person_id must not be empty")

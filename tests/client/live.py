@@ -62,12 +62,14 @@ FAKE_SPEC = ModelSpec(
 class FakeEmbedder(Embedder):
     """Embedding = the centred, L2-normalised 8x4 thumbnail: identical crops give identical vectors.
 
-    ``fault`` makes every call fail the way a broken backend would: "unavailable", "slow" or "garbage".
+    ``fault`` makes every call fail the way a broken backend would: "unavailable", "slow", "garbage" or "bug"
+    (an unexpected exception whose text must never reach the client). ``hold`` parks calls until cleared.
     """
 
     def __init__(self, spec: ModelSpec = FAKE_SPEC):
         self.spec = spec
         self.fault: str | None = None
+        self.hold = False
         self.calls: list[int] = []
 
     async def start(self) -> None:
@@ -75,12 +77,16 @@ class FakeEmbedder(Embedder):
 
     async def embed(self, images: np.ndarray) -> np.ndarray:
         self.calls.append(len(images))
+        while self.hold:
+            await asyncio.sleep(0.01)
         if self.fault == "unavailable":
             raise EmbedderUnavailable("the fake backend is down")
         if self.fault == "slow":
             await asyncio.sleep(30)
         if self.fault == "garbage":
             raise EmbedderBadResponse("the fake backend returned NaN")
+        if self.fault == "bug":
+            raise RuntimeError('secret detail: File "/srv/app/server/x.py", line 1, Traceback')
         return fake_embedding(images)
 
     async def ready(self) -> bool:
