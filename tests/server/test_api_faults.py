@@ -41,7 +41,9 @@ def served(tmp_path_factory):
     )
     with LiveServer(settings, embedder=fake) as url, httpx.Client(base_url=url, timeout=30) as client:
         people = [f"p{i}" for i in range(len(CROPS))]
-        r = client.post("/v1/gallery", files=[("images", c) for c in CROPS], data={"person_id": people, "camera_id": "1"})
+        r = client.post(
+            "/v1/gallery", files=[("images", c) for c in CROPS], data={"person_id": people, "camera_id": "1"}
+        )
         assert r.status_code == 201, r.text
         yield fake, client
         fake.fault, fake.hold = None, False
