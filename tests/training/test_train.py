@@ -1,0 +1,93 @@
+"""The training loop end to end on a tiny data set: checkpoint, metrics log, resume, DDP on gloo."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from training.checkpoint import load_checkpoint
+from training.config import load_config
+from training.train import STATE_FILE, main, train
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["backbone=resnet18", "level=2", "pretrained=none", "height=64", "width=32", "ids_per_batch=3",
+        "images_per_id=2", "num_workers=0", "warmup_epochs=1", "eval_batch_size=8", "save_every=1"]  # fmt: skip
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_train_writes_a_checkpoint_with_meta_log_and_resumes(tiny_market, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(None, [*TINY, f"data_root={tiny_market}", f"out_dir={out}", "epochs=2", "iters_per_epoch=2"])
+    assert train(cfg) == out
+    model, meta = load_checkpoint(out)
+    assert meta["model"] == {"backbone": "resnet18", "level": 2, "num_classes": 6, "last_stride": 1}
+    assert meta["num_classes"] == 6 and meta["dataset"] == "market1501"
+    assert meta["data"] == {"height": 64, "width": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                            "interpolation": "bilinear"}  # fmt: skip
+    assert meta["train"]["epochs"] == 2 and meta["train"]["data_root"] == str(tiny_market)
+    assert set(meta["metrics"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
+    assert meta["threshold"]["fpr"] == 1e-3 and isinstance(meta["threshold"]["score"], float)
+    log = _log(out)
+    assert [r["epoch"] for r in log] == [1, 2, 2] and "eval" in log[-1]
+    assert log[0]["lr"] == pytest.approx(4e-6) and log[1]["lr"] == pytest.approx(4e-4)
+    assert all(r["iters"] == 2 and r["loss"] > 0 for r in log[:2])
+    assert torch.load(out / STATE_FILE, weights_only=True)["epoch"] == 2
+
+    # Resume: only the third epoch runs, starting from the saved weights and optimiser state.
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    main(["--config", str(_yaml(tmp_path, cfg)), "epochs=3", "resume=auto"])
+    log = _log(out)
+    assert [r["epoch"] for r in log] == [1, 2, 2, 3, 3]
+    resumed, meta = load_checkpoint(out)
+    assert meta["train"]["epochs"] == 3
+    assert any(not torch.equal(before[k], v) for k, v in resumed.state_dict().items())
+
+
+def _yaml(tmp_path: Path, cfg) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(asdict(cfg)))
+    return path
+
+
+def test_resume_from_a_missing_state_is_an_error(tiny_market, tmp_path):
+    cfg = load_config(None, [*TINY, f"data_root={tiny_market}", f"out_dir={tmp_path}", f"resume={tmp_path / 'x'}"])
+    with pytest.raises(FileNotFoundError, match=STATE_FILE):
+        train(cfg)
+
+
+def test_imagenet_init_without_internet_names_the_local_option(tiny_market, tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(self, *args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    cfg = load_config(None, [*TINY, f"data_root={tiny_market}", f"out_dir={tmp_path}", "pretrained=imagenet"])
+    with pytest.raises(RuntimeError, match="pretrained=/path/to/resnet18.pth"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_gloo(tiny_market, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.train", *TINY, f"data_root={tiny_market}", f"out_dir={out}", "epochs=1",
+           "iters_per_epoch=2", "ids_per_batch=4", "device=cpu"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = _log(out)
+    assert [r["epoch"] for r in log] == [1, 1] and log[0]["iters"] == 2  # rank 0 alone writes the log
+    model, meta = load_checkpoint(out)
+    assert meta["train"]["ids_per_batch"] == 4 and set(meta["metrics"]) >= {"rank1", "mAP"}
