@@ -200,13 +200,20 @@ def train(cfg: TrainConfig) -> Path:
             print(f"resumed from {state_path} after epoch {start_epoch}")
     if world_size > 1 and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world_size > 1 else model
+    net = (
+        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if world_size > 1
+        else model
+    )
 
     sampler = PKBatchSampler(
         [s.pid for s in data.train], cfg.ids_per_batch // world_size, cfg.images_per_id, cfg.seed, rank, world_size
     )
     dataset = ImageDataset(
-        data.train, cfg.height, cfg.width, train_transform(cfg.height, cfg.width, cfg.flip_prob, cfg.pad, cfg.erase_prob)
+        data.train,
+        cfg.height,
+        cfg.width,
+        train_transform(cfg.height, cfg.width, cfg.flip_prob, cfg.pad, cfg.erase_prob),
     )
     loader = DataLoader(
         dataset,
