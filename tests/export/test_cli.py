@@ -1,0 +1,51 @@
+"""python -m export: flags -> ExportConfig, and the clear refusal of --tensorrt without a GPU."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export.__main__ import parse_args
+from export.config import ExportConfig
+from tests.conftest import HAS_GPU
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_match_the_config():
+    checkpoint, out, cfg = parse_args(["checkpoints/demo", "--out", "artifacts/demo"])
+    assert (checkpoint, out) == (Path("checkpoints/demo"), Path("artifacts/demo"))
+    assert cfg == ExportConfig()
+    assert cfg.flip_tta and cfg.int8 and cfg.fp16 and not cfg.tensorrt and cfg.max_batch_size == 64
+
+
+def test_flags_reach_the_config():
+    _, _, cfg = parse_args(
+        "ck --out a --name m1 --no-flip-tta --no-int8 --no-fp16 --tensorrt --trt-precision fp32 "
+        "--max-batch-size 128 --opset 17 --data d --threads 2".split()
+    )
+    assert (cfg.name, cfg.flip_tta, cfg.int8, cfg.fp16, cfg.tensorrt) == ("m1", False, False, False, True)
+    assert (cfg.trt_precision, cfg.max_batch_size, cfg.opset, cfg.data_root, cfg.threads) == ("fp32", 128, 17, "d", 2)
+
+
+@pytest.mark.parametrize("kwargs", [{"opset": 16}, {"max_batch_size": 8}, {"name": "bad/name"}])
+def test_invalid_configs_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        ExportConfig(**kwargs)
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the message a host without a GPU gets")
+def test_tensorrt_without_gpu_fails_clearly_and_writes_nothing(tiny_checkpoint, tmp_path):
+    out = tmp_path / "trt"
+    result = subprocess.run(
+        [sys.executable, "-m", "export", str(tiny_checkpoint), "--out", str(out), "--tensorrt"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "--tensorrt needs a CUDA GPU" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []

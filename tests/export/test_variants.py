@@ -1,0 +1,63 @@
+"""INT8 and fp16 variants of the tiny model.onnx, and the INT8 shipping rule."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export.spec import spec_from_onnx
+from export.variants import convert_fp16, int8_decision, quantize_int8
+from tests.fixtures.artifact import TINY_HEIGHT, TINY_WIDTH
+
+
+def _run(path, images):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
+
+
+def _cosines(a, b):
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(3).integers(0, 256, (8, TINY_HEIGHT, TINY_WIDTH, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("fp32", "int8", "ship"),
+    [(0.5, 0.5, True), (0.5, 0.5 - 2**-8, True), (0.5, 0.5 - 2**-6, False), (0.5, 0.5 + 2**-6, True)],
+)
+def test_int8_ships_only_within_the_map_drop(fp32, int8, ship):
+    shipped, reason = int8_decision(fp32, int8, max_drop=2**-7)
+    assert shipped is ship
+    assert ("not shipped" in reason) is not ship
+
+
+@pytest.mark.slow
+def test_int8_model_is_quantised_keeps_the_interface_and_the_spec(tiny_artifact, images, tmp_path):
+    src = tiny_artifact / "model.onnx"
+    dst = quantize_int8(src, tmp_path / "model.int8.onnx", images, batch_size=4)
+    ops = {node.op_type for node in onnx.load(str(dst)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert dst.stat().st_size < src.stat().st_size / 2  # int8 weights
+    assert spec_from_onnx(dst) == spec_from_onnx(src)
+    out = _run(dst, images)
+    assert out.shape == (8, 512) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-4)
+    assert _cosines(out, _run(src, images)).min() > 0.9
+
+
+def test_fp16_model_keeps_uint8_in_float32_out_and_the_spec(tiny_artifact, images, tmp_path):
+    src = tiny_artifact / "model.onnx"
+    dst = convert_fp16(src, tmp_path / "model.fp16.onnx")
+    graph = onnx.load(str(dst)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    weights = [t for t in graph.initializer if len(t.dims) == 4]  # conv kernels
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert spec_from_onnx(dst) == spec_from_onnx(src)
+    out = _run(dst, images)
+    assert out.dtype == np.float32
+    assert _cosines(out, _run(src, images)).min() >= 0.999
