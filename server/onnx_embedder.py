@@ -126,8 +126,8 @@ class MicroBatcher:
 class OnnxEmbedder(Embedder):
     """ONNX Runtime embedder for an exported model.onnx (spec read from its metadata at start()).
 
-    micro_batch=False runs each call on its own (still split above spec.max_batch_size); max_batch defaults to
-    spec.max_batch_size; max_delay_ms is how long a batch may wait for company.
+    max_batch caps the rows of one session call (default and upper bound: spec.max_batch_size; larger calls are
+    split); micro_batch=False runs each call on its own; max_delay_ms is how long a batch may wait for company.
     """
 
     def __init__(
@@ -144,7 +144,8 @@ class OnnxEmbedder(Embedder):
         self.providers = providers
         self.intra_op_threads = intra_op_threads
         self.micro_batch = micro_batch
-        self.max_batch = max_batch
+        self.requested_max_batch = max_batch
+        self.max_batch = 0  # known after start()
         self.max_delay_ms = max_delay_ms
         self._session: ort.InferenceSession | None = None
         self._batcher: MicroBatcher | None = None
@@ -155,10 +156,11 @@ class OnnxEmbedder(Embedder):
         self._session = await asyncio.to_thread(self._load_session)
         self.spec = spec_from_session(self._session)
         check_session_io(self._session, self.spec)
+        self.max_batch = min(self.requested_max_batch or self.spec.max_batch_size, self.spec.max_batch_size)
         if self.micro_batch:
             self._batcher = MicroBatcher(
                 self._run_split,
-                max_batch=self.max_batch or self.spec.max_batch_size,
+                max_batch=self.max_batch,
                 max_delay_s=self.max_delay_ms / 1000,
             )
 
@@ -182,7 +184,7 @@ class OnnxEmbedder(Embedder):
         try:
             parts = [
                 session.run([spec.output.name], {spec.input.name: images[s]})[0]
-                for s in batch_slices(len(images), spec.max_batch_size)
+                for s in batch_slices(len(images), self.max_batch)
             ]
         except Exception as e:
             raise EmbedderError(f"onnxruntime failed: {e}") from e

@@ -47,7 +47,8 @@ class TritonEmbedder(Embedder):
     """Embeddings from model ``model_name`` on the Triton at ``url`` ("host:port", no scheme).
 
     timeout_s is the deadline of one request to Triton (each attempt); retries is how many more attempts an
-    unavailable Triton gets, backoff_s doubling between them.
+    unavailable Triton gets, backoff_s doubling between them. max_batch caps the rows of one request (default
+    and upper bound: the smaller of the config's and the spec's max batch size; larger calls are split).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class TritonEmbedder(Embedder):
         timeout_s: float = 5.0,
         retries: int = 2,
         backoff_s: float = 0.05,
+        max_batch: int | None = None,
     ) -> None:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
@@ -67,7 +69,8 @@ class TritonEmbedder(Embedder):
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self._client = None
         self._retired: set = set()  # clients replaced after a failure, closed a deadline later
-        self.max_batch = 0
+        self.requested_max_batch = max_batch
+        self.max_batch = 0  # known after start()
 
     # -- client lifecycle -------------------------------------------------------------------------------------
 
@@ -100,7 +103,8 @@ class TritonEmbedder(Embedder):
         self._client = self._new_client()
         config = await self._call(self._read_config)
         self.spec = spec_from_config(config, self.model_name)
-        self.max_batch = min(int(config.get("max_batch_size") or self.spec.max_batch_size), self.spec.max_batch_size)
+        limits = [int(config.get("max_batch_size") or 0), self.spec.max_batch_size, self.requested_max_batch or 0]
+        self.max_batch = min(n for n in limits if n > 0)
 
     async def _read_config(self, client) -> dict:
         if not await client.is_server_ready():

@@ -163,9 +163,9 @@ def test_onnx_embedder_reads_the_spec_and_embeds(tiny_artifact):
     spec = ModelSpec.from_json((tiny_artifact / "spec.json").read_text())
 
     async def scenario():
-        async with OnnxEmbedder(tiny_artifact / "model.onnx", intra_op_threads=1) as embedder:
-            assert await embedder.ready()
-            n = 2 * embedder.spec.max_batch_size + 1  # split into several session calls
+        async with OnnxEmbedder(tiny_artifact / "model.onnx", intra_op_threads=1, max_batch=4) as embedder:
+            assert await embedder.ready() and embedder.max_batch == 4
+            n = 2 * embedder.max_batch + 1  # split into several session calls
             return embedder.spec, await embedder.embed(images_for(embedder.spec, n)), n
 
     served, out, n = asyncio.run(scenario())
@@ -188,6 +188,29 @@ def test_onnx_embedder_concurrent_callers_share_batches_and_get_their_own_rows(t
         np.testing.assert_allclose(out[0], expected[i], atol=1e-5)
     assert sum(batch_sizes) == 16
     assert max(batch_sizes) > 1
+
+
+def test_onnx_embedder_splits_calls_above_the_max_batch(tmp_path):
+    spec = make_spec(max_batch=2)
+    path = write_toy_onnx(tmp_path / "model.onnx", spec)
+
+    class RecordingSession:
+        def __init__(self, session):
+            self.session, self.rows = session, []
+
+        def run(self, outputs, feeds):
+            self.rows.append(len(next(iter(feeds.values()))))
+            return self.session.run(outputs, feeds)
+
+    async def scenario():
+        async with OnnxEmbedder(path, micro_batch=False, intra_op_threads=1) as embedder:
+            expected = np.concatenate([await embedder.embed(images_for(spec, 5)[i : i + 1]) for i in range(5)])
+            embedder._session = recording = RecordingSession(embedder._session)
+            return expected, await embedder.embed(images_for(spec, 5)), recording.rows
+
+    expected, out, rows = asyncio.run(scenario())
+    assert rows == [2, 2, 1]
+    np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize(

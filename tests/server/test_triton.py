@@ -29,8 +29,8 @@ def test_triton_and_onnx_runtime_give_the_same_embeddings(local_triton, tiny_art
     url = local_triton.url_grpc if protocol == "grpc" else local_triton.url_http
 
     async def scenario():
-        async with TritonEmbedder(url, local_triton.model_name, protocol) as triton:
-            images = images_for(triton.spec, 2 * triton.max_batch + 1, seed=3)  # split above the max batch size
+        async with TritonEmbedder(url, local_triton.model_name, protocol, max_batch=4) as triton:
+            images = images_for(triton.spec, 2 * triton.max_batch + 1, seed=3)  # split into several requests
             return triton.spec, await triton.embed(images), await onnx_reference(tiny_artifact, images)
 
     spec, served, reference = asyncio.run(scenario())
@@ -80,27 +80,41 @@ def test_stopped_triton_fails_fast_and_the_same_embedder_recovers(tiny_artifact)
 
 
 @pytest.fixture(scope="module")
-def broken_triton(tmp_path_factory):
-    """One Triton serving two broken models: one whose config dim disagrees with its spec, one that returns NaN."""
-    artifact = tmp_path_factory.mktemp("broken")
+def toy_triton(tmp_path_factory):
+    """One Triton serving hand-made models: one whose config dim disagrees with its spec, one that returns NaN,
+    and a sound one that takes at most 2 images per request."""
+    artifact = tmp_path_factory.mktemp("toys")
     spec = make_spec()
     write_toy_repository_model(artifact / "model_repository", "wrong_dim", spec, out_dim=spec.dim + 1)
     write_toy_repository_model(artifact / "model_repository", "nan_out", spec, poison="nan")
+    write_toy_repository_model(artifact / "model_repository", "max2", make_spec(max_batch=2))
     with LocalTriton(artifact) as triton:
         yield triton
 
 
 @pytest.mark.slow
-def test_triton_model_whose_dim_disagrees_with_its_spec_is_refused(broken_triton):
-    embedder = TritonEmbedder(broken_triton.url_grpc, "wrong_dim")
+def test_batches_above_the_max_batch_size_are_split(toy_triton):
+    async def scenario():
+        async with TritonEmbedder(toy_triton.url_grpc, "max2") as embedder:
+            out = await embedder.embed(images_for(embedder.spec, 5))  # Triton refuses any request above 2
+            return embedder.max_batch, out, (await embedder.statistics())["model_stats"][0]
+
+    max_batch, out, stats = asyncio.run(scenario())
+    assert max_batch == 2 and out.shape == (5, 16)
+    assert int(stats["inference_count"]) == 5
+
+
+@pytest.mark.slow
+def test_triton_model_whose_dim_disagrees_with_its_spec_is_refused(toy_triton):
+    embedder = TritonEmbedder(toy_triton.url_grpc, "wrong_dim")
     with pytest.raises(EmbedderBadResponse, match="output 'embeddings'"):
         asyncio.run(embedder.start())
 
 
 @pytest.mark.slow
-def test_triton_model_returning_nan_is_refused(broken_triton):
+def test_triton_model_returning_nan_is_refused(toy_triton):
     async def scenario():
-        async with TritonEmbedder(broken_triton.url_http, "nan_out", "http") as embedder:
+        async with TritonEmbedder(toy_triton.url_http, "nan_out", "http") as embedder:
             await embedder.embed(images_for(embedder.spec, 3))
 
     with pytest.raises(EmbedderBadResponse, match="NaN"):
