@@ -88,7 +88,9 @@ def summary(artifact: Path, report: dict) -> str:
         )
     fp16 = report["fp16"]
     if fp16.get("enabled"):
-        lines.append(f"  fp16: {'shipped' if fp16['shipped'] else 'not shipped'}, mAP change {fp16['mAP_change']:+.4f}")
+        lines.append(
+            f"  fp16: {'shipped' if fp16['shipped'] else 'not shipped'}, min cosine vs fp32 {fp16['min_cosine']:.6f}"
+        )
     if report["tensorrt"].get("enabled"):
         lines.append(f"  tensorrt {report['tensorrt']['precision']}: gate passed")
     return "\n".join(lines)

@@ -36,7 +36,9 @@ def test_artifact_holds_every_file_and_triton_serves_the_same_model(tiny_artifac
         assert (tiny_artifact / name).is_file(), name
     served = tiny_artifact / "model_repository" / TINY_NAME / "1" / "model.onnx"
     assert served.read_bytes() == (tiny_artifact / "model.onnx").read_bytes()
-    assert not (tiny_artifact / "model.int8.onnx").exists()  # the fixture turns the variants off
+    assert not (tiny_artifact / "model.int8.onnx").exists()  # the fixture turns INT8 off
+    report = json.loads((tiny_artifact / REPORT_FILE).read_text())
+    assert report["fp16"]["shipped"] == (tiny_artifact / "model.fp16.onnx").is_file()
 
 
 def test_report_records_a_passing_gate_within_tolerance(tiny_artifact):

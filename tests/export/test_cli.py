@@ -35,6 +35,7 @@ def test_invalid_configs_are_refused(kwargs):
         ExportConfig(**kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAS_GPU, reason="checks the message a host without a GPU gets")
 def test_tensorrt_without_gpu_fails_clearly_and_writes_nothing(tiny_checkpoint, tmp_path):
     out = tmp_path / "trt"
