@@ -107,6 +107,7 @@ async def run(artifact: Path, concurrencies: list[int], requests: int, thread_co
         "artifact": str(artifact),
         "host": {
             "cpus": len(os.sched_getaffinity(0)),
+            "load_average": [round(x, 2) for x in os.getloadavg()],  # other work on the host skews every figure
             "machine": platform.machine(),
             "onnxruntime": ort.__version__,
             "providers": ort.get_available_providers(),

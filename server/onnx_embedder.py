@@ -37,8 +37,13 @@ def default_providers() -> list[str]:
 
 
 def default_intra_op_threads() -> int:
-    """All cores this process may use. Measured on the 2-core dev host with the tiny artifact (server.bench):
-    2 threads beat 1 for batches >= 8 and tie for single images; more threads than cores only adds contention."""
+    """Every core this process may use; pair it with spinning off (see _load_session).
+
+    Measured with the tiny artifact (resnet18, 64x32, flip-TTA) on the 2-core shared dev host under load ~8,
+    threads interleaved, median images/s at batch 1 / 8 / 32: 1 thread 26 / 29 / 31; 2 spinning threads
+    12 / 20 / 25; 2 threads without spinning 22 / 29 / 30. Spinning workers steal the core from the other
+    thread on a busy host; without spinning, 2 threads match 1 there and use the second core when it is free.
+    """
     return max(1, len(os.sched_getaffinity(0)))
 
 
@@ -168,6 +173,7 @@ class OnnxEmbedder(Embedder):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads or default_intra_op_threads()
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see default_intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             return ort.InferenceSession(str(self.model_path), options, providers=self.providers or default_providers())
