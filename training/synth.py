@@ -68,6 +68,12 @@ LOGO_SHAPES = ("circle", "square", "triangle", "diamond")
 HAIR_STYLES = ("short", "long", "bun", "bald")
 LOWER_STYLES = ("trousers", "shorts", "skirt")
 VIEWS = ("front", "back", "left", "right")
+SCENE_SATURATION = 0.35  # backgrounds pulled towards grey, so the person carries most of the colour
+CAST = 0.08  # camera colour cast: per-channel gains in 1 +- CAST
+ILLUMINATION = 0.15  # per-image light level: gain in 1 +- ILLUMINATION
+OWN_SCENES = 2  # backgrounds only one camera sees
+SHARED_SCENES = 6  # backgrounds every camera sees (places in view of several cameras)
+SHADOW = 0.1  # per-image light falloff across the box, 1 +- SHADOW at either end
 
 # Salts keep the random streams of different kinds of things apart.
 _PERSON, _PLAN, _SCENE, _CAMERA, _SHOT = 1, 2, 3, 4, 5
@@ -147,9 +153,9 @@ class Camera:
 
 def make_camera(rng: np.random.Generator) -> Camera:
     return Camera(
-        gains=rng.uniform(0.78, 1.22, size=3).astype(np.float32),
-        gamma=float(rng.uniform(0.8, 1.25)),
-        brightness=float(rng.uniform(0.8, 1.15)),
+        gains=rng.uniform(1 - CAST, 1 + CAST, size=3).astype(np.float32),
+        gamma=float(rng.uniform(0.85, 1.15)),
+        brightness=float(rng.uniform(0.85, 1.1)),
         blur=float(rng.uniform(0.0, 0.9)),
         resolution=float(rng.uniform(0.45, 1.0)),
         noise=float(rng.uniform(1.5, 6.0)),
@@ -157,28 +163,29 @@ def make_camera(rng: np.random.Generator) -> Camera:
     )
 
 
+def _muted(rng: np.random.Generator, lo: int, hi: int, saturation: float) -> RGB:
+    """A random colour pulled towards grey: streets are mostly concrete, glass and brick."""
+    grey = rng.uniform(lo, hi)
+    return tuple(int(np.clip(grey + saturation * (c - grey), 0, 255)) for c in rng.uniform(lo, hi, size=3))
+
+
 def make_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A street-like background larger than the box (walls, windows, signs, ground), RGB uint8."""
     scene = np.empty((height, width, 3), np.uint8)
     horizon = int(height * rng.uniform(0.45, 0.75))
-    scene[:horizon] = rng.integers(40, 230, size=3)
-    scene[horizon:] = rng.integers(50, 170, size=3)
-    palette = [c for c, _ in UPPER_COLOURS.values()]
+    scene[:horizon] = _muted(rng, 60, 220, SCENE_SATURATION)
+    scene[horizon:] = _muted(rng, 60, 170, SCENE_SATURATION * 0.6)
     for _ in range(int(rng.integers(4, 10))):  # facades, windows, doors, signs
         x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, horizon))
         w, h = int(rng.integers(width // 10, width // 2)), int(rng.integers(height // 12, height // 3))
-        colour = palette[rng.integers(len(palette))] if rng.random() < 0.4 else rng.integers(30, 240, size=3)
-        cv2.rectangle(scene, (x0, y0), (x0 + w, y0 + h), tuple(int(c) for c in colour), -1)
+        cv2.rectangle(scene, (x0, y0), (x0 + w, y0 + h), _muted(rng, 30, 240, SCENE_SATURATION * 1.5), -1)
     for _ in range(int(rng.integers(2, 6))):  # kerbs, paving lines
         y = int(rng.integers(horizon, height))
-        cv2.line(scene, (0, y), (width, y + int(rng.integers(-height // 8, height // 8))), _jitter(rng, scene[y, 0]), 2)
+        end = y + int(rng.integers(-height // 8, height // 8))
+        cv2.line(scene, (0, y), (width, end), _muted(rng, 40, 200, SCENE_SATURATION), 2)
     # Low-frequency shading so flat areas are not flat.
     shade = cv2.resize(rng.uniform(0.8, 1.2, size=(6, 4)).astype(np.float32), (width, height))
     return np.clip(scene * shade[:, :, None], 0, 255).astype(np.uint8)
-
-
-def _jitter(rng: np.random.Generator, colour: np.ndarray) -> RGB:
-    return tuple(int(np.clip(c + rng.integers(-40, 40), 0, 255)) for c in colour)
 
 
 # ---------------------------------------------------------------- drawing one person
@@ -333,6 +340,8 @@ def draw_person(img: np.ndarray, p: Person, view: str, phase: float, h: float, c
 
     def head() -> None:
         hx, hy = head_c
+        neck = 0.35 * r_head
+        cv2.rectangle(img, _pt(hx - neck, hy), _pt(hx + neck, shoulder_y + 0.01 * h), p.skin, -1, cv2.LINE_AA)
         cv2.circle(img, _pt(hx, hy), max(1, int(r_head)), p.skin, -1, cv2.LINE_AA)
         if p.hair_style != "bald":
             if view == "back":
@@ -398,8 +407,13 @@ def draw_person(img: np.ndarray, p: Person, view: str, phase: float, h: float, c
         if p.hair_style != "long":
             return
         hx, hy = head_c
-        x0, x1 = (hx - r_head, hx + r_head) if not side else sorted((hx, hx - facing * 1.1 * r_head))
-        cv2.rectangle(img, _pt(x0, hy), _pt(x1, shoulder_y + 0.09 * h), p.hair, -1, cv2.LINE_AA)
+        if view == "front":  # framing the face, down to the shoulders
+            x0, x1, y1 = hx - 1.12 * r_head, hx + 1.12 * r_head, shoulder_y + 0.04 * h
+        elif view == "back":  # over the upper back
+            x0, x1, y1 = hx - r_head, hx + r_head, shoulder_y + 0.09 * h
+        else:
+            (x0, x1), y1 = sorted((hx, hx - facing * 1.1 * r_head)), shoulder_y + 0.09 * h
+        cv2.rectangle(img, _pt(x0, hy - 0.2 * r_head), _pt(x1, y1), p.hair, -1, cv2.LINE_AA)
 
     if view == "front":
         order = [
@@ -483,9 +497,16 @@ def _apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator) -> np.
     if sigma > 0.3:
         out = cv2.GaussianBlur(out, (0, 0), sigma)
     out = np.power(out, cam.gamma * rng.uniform(0.92, 1.08))
-    gains = cam.gains * rng.uniform(0.94, 1.06, size=3) * cam.brightness * rng.uniform(0.7, 1.25)
+    gains = (
+        cam.gains * rng.uniform(0.94, 1.06, size=3) * cam.brightness * rng.uniform(1 - ILLUMINATION, 1 + ILLUMINATION)
+    )
     vertical = rng.random() < 0.5  # a shadow or light falloff across the box
-    ramp = np.linspace(rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2), height if vertical else width, dtype=np.float32)
+    ramp = np.linspace(
+        rng.uniform(1 - SHADOW, 1 + SHADOW),
+        rng.uniform(1 - SHADOW, 1 + SHADOW),
+        height if vertical else width,
+        dtype=np.float32,
+    )
     ramp = ramp[:, None, None] if vertical else ramp[None, :, None]
     out = out * (gains.astype(np.float32) * 255.0) * ramp
     out += rng.standard_normal(out.shape, dtype=np.float32) * cam.noise
@@ -643,8 +664,10 @@ def generate(
     }
     cameras = {c: make_camera(np.random.default_rng([seed, _CAMERA, c])) for c in range(1, cams + 1)}
     scene_h, scene_w = int(height * 1.25), int(width * 1.6)
+    shared = [make_scene(np.random.default_rng([seed, _SCENE, 0, k]), scene_h, scene_w) for k in range(SHARED_SCENES)]
     scenes = {
-        c: [make_scene(np.random.default_rng([seed, _SCENE, c, k]), scene_h, scene_w) for k in range(3)]
+        c: [make_scene(np.random.default_rng([seed, _SCENE, c, k]), scene_h, scene_w) for k in range(OWN_SCENES)]
+        + shared
         for c in cameras
     }
 
