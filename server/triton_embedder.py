@@ -100,7 +100,8 @@ class TritonEmbedder(Embedder):
                 await client.close()
 
     async def start(self) -> None:
-        self._client = self._new_client()
+        if self._client is None:  # a start() that failed keeps its client: callers may retry start()
+            self._client = self._new_client()
         config = await self._call(self._read_config)
         self.spec = spec_from_config(config, self.model_name)
         limits = [int(config.get("max_batch_size") or 0), self.spec.max_batch_size, self.requested_max_batch or 0]
@@ -124,9 +125,10 @@ class TritonEmbedder(Embedder):
             with contextlib.suppress(Exception):
                 await self._client.close()
             self._client = None
+        self.max_batch = 0
 
     async def ready(self) -> bool:
-        if self._client is None:
+        if self._client is None or not self.max_batch:
             return False
         client = self._client
         try:
@@ -183,8 +185,8 @@ class TritonEmbedder(Embedder):
         return out
 
     async def embed(self, images: np.ndarray) -> np.ndarray:
-        if self._client is None:
-            raise EmbedderUnavailable("embedder not started")
+        if self._client is None or not self.max_batch:
+            raise EmbedderUnavailable("embedder not started (or its start failed)")
         images = check_images(images, self.spec)
         parts = await asyncio.gather(
             *(self._call(lambda c, s=s: self._infer(c, images[s])) for s in batch_slices(len(images), self.max_batch))

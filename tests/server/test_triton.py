@@ -59,23 +59,33 @@ def test_concurrent_requests_are_batched_by_triton_and_answered_per_caller(local
 
 @pytest.mark.slow
 def test_stopped_triton_fails_fast_and_the_same_embedder_recovers(tiny_artifact):
-    triton = LocalTriton(tiny_artifact)  # its own server: stopping it leaves the session one alone
+    # Its own server on fixed free ports, so stopping it leaves the session one alone and a restart comes back
+    # where the embedder looks.
+    triton = LocalTriton(tiny_artifact, free_port(), free_port(), free_port())
 
     async def scenario():
-        async with TritonEmbedder(triton.url_grpc, triton.model_name, timeout_s=5.0) as embedder:
-            images = images_for(embedder.spec, 2, seed=5)
-            first = await embedder.embed(images)
-            triton.stop()
-            assert not await embedder.ready()
-            with pytest.raises(EmbedderUnavailable, match="127.0.0.1"):
-                async with asyncio.timeout(1.0):  # well under the 5 s deadline: refused, not timed out
-                    await embedder.embed(images)
-            triton.start()
-            assert await embedder.ready()
-            return first, await embedder.embed(images)
+        embedder = TritonEmbedder(triton.url_grpc, tiny_artifact.name, timeout_s=5.0)
+        with pytest.raises(EmbedderUnavailable):  # Triton not up yet: start() fails, and may be retried
+            await embedder.start()
+        triton.start()
+        await embedder.start()
+        images = images_for(embedder.spec, 2, seed=5)
+        first = await embedder.embed(images)
+        triton.stop()
+        assert not await embedder.ready()
+        with pytest.raises(EmbedderUnavailable, match="127.0.0.1"):
+            async with asyncio.timeout(1.0):  # well under the 5 s deadline: refused, not timed out
+                await embedder.embed(images)
+        triton.start()
+        assert await embedder.ready()
+        again = await embedder.embed(images)
+        await embedder.close()
+        return first, again
 
-    with triton:
+    try:
         first, again = asyncio.run(scenario())
+    finally:
+        triton.stop()
     np.testing.assert_array_equal(first, again)
 
 
