@@ -12,15 +12,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import httpx
-
 from client.api import DEFAULT_URL, ReIDClient
 from client.errors import ReIDError
+from client.launch import serve
 from client.models import SearchResult
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -138,53 +136,22 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_http(url: str, process: subprocess.Popen, what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} was not ready after {timeout_s:.0f} s")
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    env = dict(os.environ)
-    if args.artifact is not None:
-        env["REID_ARTIFACT"] = str(args.artifact)
-    if args.gallery is not None:
-        env["REID_GALLERY_DIR"] = str(args.gallery)
-    children: list[subprocess.Popen] = []
+    if args.triton and args.artifact is None:
+        print("reid serve --triton needs --artifact (its model repository is served)", file=sys.stderr)
+        return 2
     try:
-        if args.triton:
-            if args.artifact is None:
-                print("reid serve --triton needs --artifact (its model repository is served)", file=sys.stderr)
-                return 2
-            http_port = args.triton_port
-            command = [sys.executable, "-m", "server.triton", "--artifact", str(args.artifact)]
-            command += ["--http-port", str(http_port), "--grpc-port", str(http_port + 1)]
-            command += ["--metrics-port", str(http_port + 2)]
-            children.append(subprocess.Popen(command))
-            _wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready", children[-1], "tritonserver", 300)
-            env["REID_TRITON_URL"] = f"127.0.0.1:{http_port + 1}"
-            env["REID_BACKEND"] = "triton"
-        command = [sys.executable, "-m", "uvicorn", "server.main:app", "--host", args.host, "--port", str(args.port)]
-        children.append(subprocess.Popen(command, env=env))
-        return children[-1].wait()
+        with serve(
+            artifact=args.artifact,
+            gallery=args.gallery,
+            triton=args.triton,
+            host=args.host,
+            port=args.port,
+            triton_port=args.triton_port,
+        ) as api:
+            return api.wait()
     except KeyboardInterrupt:
         return 0
-    finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-                try:
-                    child.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    child.kill()
 
 
 def build_parser() -> argparse.ArgumentParser:
