@@ -133,3 +133,17 @@ def test_wrong_preprocessing_fails_the_gate_and_leaves_the_old_artifact(
     assert failed.value.report["passed"] is False
     assert (out / REPORT_FILE).read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [TINY_NAME]  # no half-built folder left beside it
+
+
+def test_gate_data_comes_from_the_checkpoint_else_a_synthetic_set(tiny_artifact, synth_data, tmp_path):
+    from export.artifact import _parity_root
+    from training.data import read_dataset
+
+    report = json.loads((tiny_artifact / REPORT_FILE).read_text())
+    assert report["gate"]["data_source"] == "checkpoint" and report["gate"]["data_root"] == str(synth_data)
+    spec = ModelSpec.from_json((tiny_artifact / "spec.json").read_text())
+    meta = {"train": {"data_root": str(tmp_path / "moved-away")}}
+    with _parity_root(ExportConfig(), meta, spec) as (root, dataset, source):
+        assert source == "synthetic"
+        assert read_dataset(root, dataset).query
+    assert not root.exists()  # a temporary set, gone after the export
