@@ -103,10 +103,13 @@ class MicroBatcher:
         self.batch_sizes.append(sum(len(a) for a in arrays))
         try:
             out = await self._run(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
-        except Exception as e:
+        except BaseException as e:  # callers of the batch must never wait forever, even when the worker is cancelled
+            failure = e if isinstance(e, Exception) else EmbedderUnavailable("embedder closed")
             for _, future, _ in batch:
                 if not future.done():
-                    future.set_exception(e)
+                    future.set_exception(failure)
+            if not isinstance(e, Exception):
+                raise
             return
         start = 0
         for images, future, _ in batch:

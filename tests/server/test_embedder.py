@@ -142,6 +142,18 @@ def test_micro_batcher_error_reaches_every_caller_of_the_batch():
     assert all(isinstance(r, RuntimeError) and "exploded" in str(r) for r in results)
 
 
+def test_micro_batcher_close_fails_running_and_queued_callers():
+    async def scenario():
+        batcher = MicroBatcher(RecordingModel(), max_batch=1, max_delay_s=0.0)
+        calls = [asyncio.ensure_future(batcher.submit(caller_images(i, 1))) for i in range(3)]
+        await asyncio.sleep(0.005)  # the first batch is running, the others queue
+        await batcher.close()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, EmbedderUnavailable) for r in results)
+
+
 def test_micro_batcher_keeps_working_after_a_failed_batch():
     async def scenario():
         model = RecordingModel(fail=True)
