@@ -11,7 +11,6 @@ synthetic data this must stay low, or the data could be solved by colour alone.
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +18,8 @@ import cv2
 import numpy as np
 
 from server.imaging import load_image
+from training.data import read_dataset
 from training.evaluate import evaluate_rank
-
-NAME = re.compile(r"^(-?\d+)_c(\d+)")  # Market-1501 and DukeMTMC-reID names: person id, then camera
 
 
 @dataclass(frozen=True)
@@ -75,33 +73,15 @@ def distances(q: np.ndarray, g: np.ndarray, metric: str) -> np.ndarray:
     raise ValueError(f"unknown metric {metric!r}; use 'hellinger' or 'chi2'")
 
 
-def read_split(folder: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    """Image paths, person ids and camera ids of a Market-1501 style folder; junk images (person -1) dropped."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"expected a folder of Market-1501 named images at {folder}")
-    paths, pids, cams = [], [], []
-    for path in sorted(folder.glob("*.jpg")):
-        match = NAME.match(path.name)
-        if match is None:
-            raise ValueError(f"{path} is not named like 0002_c1s1_000451_03.jpg")
-        pid, cam = int(match.group(1)), int(match.group(2))
-        if pid == -1:
-            continue
-        paths.append(path)
-        pids.append(pid)
-        cams.append(cam)
-    if not paths:
-        raise FileNotFoundError(f"no .jpg images in {folder}")
-    return paths, np.array(pids), np.array(cams)
-
-
-def evaluate_histogram(data_root: str | Path, cfg: HistogramConfig = HistogramConfig()) -> dict[str, float]:
-    """rank1, rank5, rank10, mAP and mINP of the histogram baseline on ``data_root``'s query and gallery."""
-    root = Path(data_root)
-    q_paths, q_pids, q_cams = read_split(root / "query")
-    g_paths, g_pids, g_cams = read_split(root / "bounding_box_test")
-    q = np.stack([histogram(load_image(str(p)), cfg) for p in q_paths])
-    g = np.stack([histogram(load_image(str(p)), cfg) for p in g_paths])
+def evaluate_histogram(
+    data_root: str | Path, cfg: HistogramConfig = HistogramConfig(), dataset: str = "auto"
+) -> dict[str, float]:
+    """rank1, rank5, rank10, mAP and mINP of the histogram baseline on a data set's query and gallery."""
+    data = read_dataset(data_root, dataset)
+    q = np.stack([histogram(load_image(s.path), cfg) for s in data.query])
+    g = np.stack([histogram(load_image(s.path), cfg) for s in data.gallery])
+    q_pids, q_cams = np.array([s.pid for s in data.query]), np.array([s.camid for s in data.query])
+    g_pids, g_cams = np.array([s.pid for s in data.gallery]), np.array([s.camid for s in data.gallery])
     cmc, mean_ap, minp = evaluate_rank(distances(q, g, cfg.metric), q_pids, g_pids, q_cams, g_cams, max_rank=10)
 
     def rank(k: int) -> float:
@@ -112,7 +92,8 @@ def evaluate_histogram(data_root: str | Path, cfg: HistogramConfig = HistogramCo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.baseline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", type=Path, help="data root with query/ and bounding_box_test/")
+    parser.add_argument("data", type=Path, help="data root (Market-1501 layout or MSMT17 list files)")
+    parser.add_argument("--dataset", default="auto", help="market1501 | duke | msmt17 | auto (the folder itself)")
     parser.add_argument("--space", choices=["rgb", "hsv"], default="rgb")
     parser.add_argument("--bins", type=int, nargs=3, default=[4, 4, 4], metavar=("C1", "C2", "C3"))
     parser.add_argument("--stripes", type=int, default=6)
@@ -122,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = HistogramConfig(
         space=args.space, bins=tuple(args.bins), stripes=args.stripes, metric=args.metric, centre=args.centre
     )
-    m = evaluate_histogram(args.data, cfg)
+    m = evaluate_histogram(args.data, cfg, args.dataset)
     print(  # noqa: T201
         f"colour histogram ({cfg.space.upper()} {'x'.join(map(str, cfg.bins))}, {cfg.stripes} stripes, centre {cfg.centre:g}, {cfg.metric}) on {args.data}: "
         f"rank-1 {m['rank1']:.1%}  rank-5 {m['rank5']:.1%}  rank-10 {m['rank10']:.1%}  mAP {m['mAP']:.1%}  mINP {m['mINP']:.1%}"

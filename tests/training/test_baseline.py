@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.baseline import HistogramConfig, distances, evaluate_histogram, histogram, main, read_split
+from training.baseline import HistogramConfig, distances, evaluate_histogram, histogram, main
 from training.synth import generate
 
 
@@ -60,19 +60,15 @@ def test_perfect_score_when_colours_identify_people(tmp_path: Path):
         _write(tmp_path / "bounding_box_test" / f"{pid:04d}_c2s1_{pid:06d}_01.jpg", img)
         _write(tmp_path / "bounding_box_test" / f"{pid:04d}_c1s1_{pid + 100:06d}_01.jpg", img)  # same camera: ignored
     _write(tmp_path / "bounding_box_test" / "-1_c2s1_000999_01.jpg", np.full((64, 32, 3), 128, np.uint8))  # junk
+    _write(tmp_path / "bounding_box_train" / "0100_c1s1_000001_01.jpg", np.full((64, 32, 3), 90, np.uint8))
     metrics = evaluate_histogram(tmp_path)
     assert metrics["rank1"] == pytest.approx(1.0)
     assert metrics["mAP"] == pytest.approx(1.0)
-    _, pids, _ = read_split(tmp_path / "bounding_box_test")
-    assert -1 not in pids
 
 
-def test_read_split_errors(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="query"):
-        read_split(tmp_path / "query")
-    _write(tmp_path / "query" / "person7.jpg", np.zeros((32, 16, 3), np.uint8))
-    with pytest.raises(ValueError, match="0002_c1s1"):
-        read_split(tmp_path / "query")
+def test_missing_data_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="bounding_box_train"):
+        evaluate_histogram(tmp_path)
 
 
 def test_runs_on_synthetic_data(synth_data: Path, capsys: pytest.CaptureFixture[str]):
