@@ -47,6 +47,16 @@ def default_intra_op_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+    """Settings shared by OnnxEmbedder and the local Triton's model, so both run the graph the same way."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see default_intra_op_threads
+    return options
+
+
 class MicroBatcher:
     """Group concurrent ``submit`` calls into one ``run`` call, each caller getting back its own rows.
 
@@ -173,11 +183,7 @@ class OnnxEmbedder(Embedder):
             )
 
     def _load_session(self) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads or default_intra_op_threads()
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see default_intra_op_threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options(self.intra_op_threads)
         try:
             return ort.InferenceSession(str(self.model_path), options, providers=self.providers or default_providers())
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types

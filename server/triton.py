@@ -289,12 +289,13 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         import onnxruntime as ort
 
+        from server.onnx_embedder import default_providers, session_options
+
         config = json.loads(args["model_config"])
         self._input = config["input"][0]["name"]
         self._output = config["output"][0]["name"]
         model_path = Path(args["model_repository"]) / args["model_version"] / MODEL_FILE
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self._session = ort.InferenceSession(str(model_path), providers=providers)
+        self._session = ort.InferenceSession(str(model_path), session_options(), providers=default_providers())
 
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
