@@ -22,7 +22,7 @@ import onnx
 import onnxruntime
 import torch
 
-from export.config import ExportConfig
+from export.config import ExportConfig, check_model_name
 from export.onnx_export import export_onnx
 from export.parity import (
     ParityData,
@@ -58,8 +58,7 @@ def build_artifact(checkpoint_dir: str | Path, out_dir: str | Path, cfg: ExportC
     export.tensorrt.TensorRTUnavailableError for --tensorrt without a GPU or tensorrt.
     """
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
-    name = cfg.name or out_dir.name
-    ExportConfig(name=name)  # validates the Triton model name before any work
+    name = check_model_name(cfg.name or out_dir.name)
     _check_replaceable(out_dir)
     if cfg.tensorrt:
         from export.tensorrt import require_tensorrt

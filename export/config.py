@@ -51,9 +51,12 @@ class ExportConfig:
             raise ValueError(f"max_batch_size must be >= {max(PARITY_BATCHES)} (the parity gate runs that batch)")
         if self.trt_precision not in ("fp16", "fp32"):
             raise ValueError(f"trt_precision must be fp16 or fp32, got {self.trt_precision!r}")
-        if self.name and not _is_model_name(self.name):
-            raise ValueError(f"model name {self.name!r} must be letters, digits, '_', '-' or '.'")
+        if self.name:
+            check_model_name(self.name)
 
 
-def _is_model_name(name: str) -> bool:
-    return all(ch.isalnum() or ch in "_-." for ch in name) and not name.startswith(".")
+def check_model_name(name: str) -> str:
+    """A Triton model name is also a folder name: letters, digits, '_', '-', '.' (not leading)."""
+    if not name or name.startswith(".") or not all(ch.isalnum() or ch in "_-." for ch in name):
+        raise ValueError(f"model name {name!r} must be letters, digits, '_', '-' or '.' (and not start with '.')")
+    return name
