@@ -4,6 +4,7 @@ followed by a valid search that must still find the right gallery image."""
 
 import io
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,3 +346,38 @@ def test_openapi_documents_every_status(api):
     error_schema = spec["components"]["schemas"]["ErrorResponse"]
     assert set(error_schema["properties"]) == {"error", "request_id"}
     assert "HTTPValidationError" not in spec["components"]["schemas"]  # FastAPI's 422 body is replaced by ours
+
+
+@pytest.mark.slow
+def test_triton_down_at_start_then_the_server_becomes_ready_by_itself(tiny_artifact, tmp_path):
+    from client.launch import free_port
+    from server.triton import LocalTriton
+
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    settings = Settings(
+        backend="triton",
+        triton_url=f"127.0.0.1:{grpc_port}",
+        model_name=TINY_NAME,
+        gallery_dir=tmp_path / "gallery",
+        _env_file=None,
+    )
+    with LiveServer(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/healthz").status_code == 200  # alive without its backend
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready" and "Retry-After" in r.headers
+        assert client.post("/v1/search", files={"image": b"x"}).status_code == 503
+        with LocalTriton(tiny_artifact, http_port, grpc_port, metrics_port):
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert client.get("/readyz").json()["backend"] == "triton"
+            image = io.BytesIO()
+            Image.fromarray(np.full((128, 64, 3), 90, np.uint8)).save(image, "PNG")
+            added = client.post("/v1/gallery", files={"images": image.getvalue()}, data={"person_id": "z"}).json()
+            assert search_raw(client, image.getvalue())["hits"][0]["id"] == added["ids"][0]
+
+
+def search_raw(client: httpx.Client, data: bytes) -> dict:
+    r = client.post("/v1/search", files={"image": data})
+    assert r.status_code == 200, r.text
+    return r.json()
