@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Path, UploadFile
+from pydantic import FiniteFloat
 
 from index.records import Record
 from server.deps import Admin, Reader, ReadyDep
@@ -34,12 +36,23 @@ def _per_image(values: list | None, n: int, name: str) -> list:
     return values
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid in metadata")  # NaN and Infinity would break every later JSON answer
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def _metadata(text: str | None, i: int) -> dict:
     if text is None or text == "":
         return {}
     try:
-        value = json.loads(text)
-    except ValueError:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):
         raise APIError(422, "invalid_parameters", f"metadata of image {i} is not valid JSON") from None
     if not isinstance(value, dict):
         raise APIError(422, "invalid_parameters", f"metadata of image {i} must be a JSON object")
@@ -58,7 +71,9 @@ async def add_images(
     images: Annotated[list[UploadFile], File(description="one or more person crops: JPEG, PNG or WEBP")],
     person_id: Annotated[list[str], Form(description="one for all images, or one per image")],
     camera_id: Annotated[list[str] | None, Form(description="one for all images, or one per image")] = None,
-    captured_at: Annotated[list[float] | None, Form(description="Unix seconds; one for all, or one per image")] = None,
+    captured_at: Annotated[
+        list[FiniteFloat] | None, Form(description="Unix seconds; one for all, or one per image")
+    ] = None,
     track_id: Annotated[list[str] | None, Form(description="one for all images, or one per image")] = None,
     metadata: Annotated[list[str] | None, Form(description="a JSON object; one for all, or one per image")] = None,
 ) -> AddResponse:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Response, UploadFile
+from pydantic import FiniteFloat
 
 from index.records import SearchFilter, aggregate_identities
 from server.deps import Reader, ReadyDep
@@ -48,8 +49,8 @@ async def search(
     cameras: IdList = None,
     exclude_cameras: IdList = None,
     person_ids: IdList = None,
-    time_from: Annotated[float | None, Form(description="Unix seconds, inclusive")] = None,
-    time_to: Annotated[float | None, Form(description="Unix seconds, inclusive")] = None,
+    time_from: Annotated[FiniteFloat | None, Form(description="Unix seconds, inclusive")] = None,
+    time_to: Annotated[FiniteFloat | None, Form(description="Unix seconds, inclusive")] = None,
     query_camera: Annotated[
         str | None, Form(description="the query's camera: its matches are dropped (the Market-1501 protocol)")
     ] = None,

@@ -257,6 +257,26 @@ BAD_REQUESTS = [
         415,
         None,
     ),
+    (
+        "add-nan-time",
+        "POST",
+        "/v1/gallery",
+        {"files": {"images": _png(64, 32)}, "data": {"person_id": "a", "captured_at": "nan"}},
+        422,
+        "invalid_parameters",
+    ),
+    *[
+        (
+            f"add-metadata-{name}",
+            "POST",
+            "/v1/gallery",
+            {"files": {"images": _png(64, 32)}, "data": {"person_id": "a", "metadata": text}},
+            422,
+            "invalid_parameters",
+        )
+        for name, text in [("nan", '{"x": NaN}'), ("inf", '{"x": 1e400}'), ("deep", "[" * 50_000), ("list", "[1]")]
+    ],
+    ("search-nan-time", "POST", "/v1/search", "time_from=nan", 422, "invalid_parameters"),
     ("id-text", "GET", "/v1/gallery/abc", {}, 422, "invalid_parameters"),
     ("id-negative", "GET", "/v1/gallery/-1", {}, 422, "invalid_parameters"),
     ("id-huge", "GET", f"/v1/gallery/{2**70}", {}, 422, "invalid_parameters"),
