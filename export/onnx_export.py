@@ -39,6 +39,7 @@ def export_onnx(module: torch.nn.Module, spec: ModelSpec, path: Path, *, opset: 
         )
     model = program.model_proto
     _fix_io_shapes(model, spec)
+    _only_cast_reads_input(model)
     onnx.helper.set_model_props(model, {SPEC_KEY: spec.to_json()})
     model.doc_string = f"APNet person re-identification embedder {spec.model_id}"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,25 @@ def _fix_io_shapes(model: onnx.ModelProto, spec: ModelSpec) -> None:
     out_dims = out.type.tensor_type.shape.dim
     out_dims[0].dim_param = BATCH_DIM
     out_dims[1].dim_value = spec.dim
+
+
+def _only_cast_reads_input(model: onnx.ModelProto) -> None:
+    """Let the uint8 input feed nothing but its Cast: the exporter also takes its Shape for the batch size, and
+    TensorRT accepts a uint8 network input only when a cast consumes it. The Cast output has the same shape."""
+    casts = [n for n in model.graph.node if n.op_type == "Cast" and list(n.input) == [INPUT_NAME]]
+    if len(casts) != 1:
+        raise ValueError(f"expected one Cast of {INPUT_NAME!r} in the exported graph, found {len(casts)}")
+    cast_output = casts[0].output[0]
+    for node in model.graph.node:
+        if node is casts[0] or INPUT_NAME not in node.input:
+            continue
+        if node.op_type != "Shape":
+            raise ValueError(f"{node.op_type} node {node.name!r} reads the uint8 input directly")
+        node.input[0] = cast_output
+    # Topological order: the Shape nodes now need the Cast first.
+    nodes = sorted(model.graph.node, key=lambda n: n is not casts[0])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def read_spec_json(path: Path) -> str:

@@ -25,16 +25,16 @@ class ServingModel(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float, normalised like the training loader: (x/255 - mean)/std."""
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        # Cast first: TensorRT accepts a uint8 network input only when a cast consumes it.
+        x = images.to(torch.float32).permute(0, 3, 1, 2) / 255.0
         return (x - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(images)
         if self.flip_tta:
             # One pass over [x; mirrored x] keeps a single copy of the network in the graph (half the nodes).
-            n = x.shape[0]
             both = self.model.embed(torch.cat([x, torch.flip(x, dims=[3])], dim=0))
-            feature = both[:n] + both[n:]
+            feature = both.unflatten(0, (2, -1)).sum(dim=0)
         else:
             feature = self.model.embed(x)
         return l2_normalize(feature)
