@@ -33,12 +33,14 @@ def require_tensorrt() -> None:
             "Export without --tensorrt here (Triton then serves model.onnx), or run the export on a GPU host."
         )
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except ImportError as exc:
         raise TensorRTUnavailableError(
             "--tensorrt needs the tensorrt Python package, which is not installed: pip install -e '.[gpu]' "
             "(its version must match the TensorRT of the Triton container that will serve the plan)"
         ) from exc
+    if int(tensorrt.__version__.split(".")[0]) < 10:
+        raise TensorRTUnavailableError(f"--tensorrt needs TensorRT 10 or newer, found {tensorrt.__version__}")
 
 
 def build_plan(onnx_path: Path, plan_path: Path, spec: ModelSpec, precision: str) -> Path:
