@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -140,6 +141,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.triton and args.artifact is None:
         print("reid serve --triton needs --artifact (its model repository is served)", file=sys.stderr)
         return 2
+    # SIGTERM (docker stop, systemd) unwinds like Ctrl-C, so the children are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         with serve(
             artifact=args.artifact,
