@@ -2,11 +2,15 @@
 another model, overload. The app runs under real uvicorn on 127.0.0.1 with a real gallery folder; only the
 embedder is a deterministic fake (tests/client/live.py)."""
 
+import io
 import threading
 import time
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
 from index.gallery import Gallery
 from tests.client.live import FAKE_SPEC, FakeEmbedder, LiveServer, gallery_settings, person_crops
@@ -180,3 +184,45 @@ def test_cors_is_off_unless_origins_are_configured(tmp_path):
         assert r.headers["access-control-allow-origin"] == "https://app.example"
         evil = httpx.options(f"{url}/v1/search", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in evil.headers
+
+
+@st.composite
+def mutated_uploads(draw):
+    data = bytearray(draw(st.sampled_from(CROPS[:3] + [_jpeg(CROPS[0])])))
+    for _ in range(draw(st.integers(1, 4))):
+        pos = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["flip", "cut", "insert"]))
+        if kind == "flip" and pos < len(data):
+            data[pos] = draw(st.integers(0, 255))
+        elif kind == "cut":
+            data = data[:pos]
+        else:
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+    return bytes(data)
+
+
+def _jpeg(png: bytes) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_random_and_mutated_uploads_never_get_a_500(served):
+    _, client = served
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(data=st.one_of(st.binary(max_size=256), mutated_uploads()))
+    def upload(data):
+        r = client.post("/v1/embed", files={"image": ("x.jpg", data, "image/jpeg")})
+        assert r.status_code in (200, 400, 415, 422), r.text
+        if r.status_code != 200:
+            assert r.json()["error"]["code"] in {
+                "invalid_image",
+                "unsupported_media_type",
+                "image_too_small",
+                "image_too_large",
+                "bad_aspect_ratio",
+            }
+
+    upload()
+    search_finds(client, 5, "p5")
