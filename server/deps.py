@@ -24,7 +24,14 @@ from starlette.concurrency import run_in_threadpool
 
 from index.errors import GalleryError, ModelMismatch
 from index.gallery import Gallery
-from server.embedder import Embedder, EmbedderDeadline, EmbedderUnavailable, check_embeddings, create_embedder
+from server.embedder import (
+    Embedder,
+    EmbedderDeadline,
+    EmbedderError,
+    EmbedderUnavailable,
+    check_embeddings,
+    create_embedder,
+)
 from server.errors import APIError
 from server.imaging import decode_image, resize
 from server.metrics import Metrics
@@ -110,6 +117,10 @@ class Resources:
                 return
             except EmbedderUnavailable:
                 continue
+            except EmbedderError as exc:  # reachable now, but serving something this server cannot use
+                log.error("embedder refused: %s", exc)
+                self.not_ready_reason = "the embedding backend does not serve a usable model; see the server log"
+                return
 
     async def close(self) -> None:
         if self._retry_task is not None:
