@@ -58,12 +58,21 @@ LOWER_COLOURS: dict[str, tuple[RGB, float]] = {
     "brown": ((110, 72, 42), 0.6),
     "white": ((225, 225, 220), 0.4),
 }
+# Stripes, checks and logos are mostly white or black on a coloured garment: the accent says little about who it is.
+ACCENT_COLOURS: dict[str, tuple[RGB, float]] = {
+    "white": ((225, 225, 220), 3.0),
+    "black": ((28, 28, 32), 3.0),
+    "grey": ((125, 125, 130), 1.0),
+    "navy": ((32, 42, 92), 1.0),
+    "red": ((180, 38, 42), 1.0),
+    "yellow": ((222, 190, 55), 0.6),
+}
 SKIN_TONES: list[RGB] = [(250, 215, 175), (236, 190, 140), (215, 165, 115), (190, 130, 80), (140, 90, 55), (95, 62, 42)]
 HAIR_COLOURS: list[RGB] = [(22, 18, 16), (58, 40, 28), (108, 74, 42), (200, 170, 105), (150, 150, 150), (128, 60, 32)]
 SHOE_COLOURS: list[RGB] = [(20, 20, 22), (235, 235, 235), (95, 65, 40), (120, 120, 125)]
 
 PATTERNS = ("solid", "hstripes", "vstripes", "checks", "logo")
-PATTERN_PERIODS = (0.035, 0.055, 0.085)  # fraction of the person's height
+PATTERN_PERIODS = (0.06, 0.09, 0.13)  # fraction of the person's height; visible even at 64x32
 LOGO_SHAPES = ("circle", "square", "triangle", "diamond")
 HAIR_STYLES = ("short", "long", "bun", "bald")
 LOWER_STYLES = ("trousers", "shorts", "skirt")
@@ -123,7 +132,7 @@ def make_person(rng: np.random.Generator) -> Person:
         hair=HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))],
         hair_style=HAIR_STYLES[rng.choice(4, p=[0.45, 0.3, 0.13, 0.12])],
         upper=upper,
-        accent=_weighted(rng, UPPER_COLOURS, exclude=upper),
+        accent=_weighted(rng, ACCENT_COLOURS, exclude=upper),
         pattern=PATTERNS[rng.integers(len(PATTERNS))],
         period=float(PATTERN_PERIODS[rng.integers(len(PATTERN_PERIODS))]),
         logo=LOGO_SHAPES[rng.integers(len(LOGO_SHAPES))],
@@ -213,7 +222,7 @@ def _pattern_texture(p: Person, shape: tuple[int, int], h: float, x0: float, y0:
     elif p.pattern == "checks":
         texture[ys[:, None] ^ xs[None, :]] = p.accent
     elif p.pattern == "logo" and view != "back":
-        size = 0.055 * h * (0.6 if view in ("left", "right") else 1.0)
+        size = 0.07 * h * (0.6 if view in ("left", "right") else 1.0)
         cx, cy = x0, y0 + 0.1 * h
         if p.logo == "circle":
             cv2.circle(texture, _pt(cx, cy), max(1, int(size)), p.accent, -1, cv2.LINE_AA)
