@@ -118,8 +118,9 @@ async def run(artifact: Path, concurrencies: list[int], requests: int, rounds: i
         embedders: dict[str, Embedder] = {
             "onnx": OnnxEmbedder(model, micro_batch=False),
             "onnx+microbatch": OnnxEmbedder(model),
-            "triton-grpc": TritonEmbedder(triton.url_grpc, triton.model_name, "grpc"),
-            "triton-http": TritonEmbedder(triton.url_http, triton.model_name, "http"),
+            # queueing at c=32 on a slow CPU model outlasts a serving deadline; this measures, it does not serve
+            "triton-grpc": TritonEmbedder(triton.url_grpc, triton.model_name, "grpc", timeout_s=600),
+            "triton-http": TritonEmbedder(triton.url_http, triton.model_name, "http", timeout_s=600),
         }
         for embedder in embedders.values():
             await embedder.start()
