@@ -204,6 +204,20 @@ def _pt(x: float, y: float) -> tuple[int, int]:
     return int(round(x)), int(round(y))
 
 
+def _rect(img: np.ndarray, p0: tuple[int, int], p1: tuple[int, int], colour: RGB) -> None:
+    cv2.rectangle(img, p0, p1, colour, -1, cv2.LINE_AA)
+
+
+def _disc(img: np.ndarray, centre: tuple[int, int], radius: int, colour: RGB) -> None:
+    cv2.circle(img, centre, radius, colour, -1, cv2.LINE_AA)
+
+
+def _ellipse(
+    img: np.ndarray, centre: tuple[int, int], axes: tuple[int, int], start: float, end: float, colour: RGB
+) -> None:
+    cv2.ellipse(img, centre, axes, 0, start, end, colour, -1, cv2.LINE_AA)
+
+
 def _limb(img: np.ndarray, a: tuple[float, float], b: tuple[float, float], width: float, colour: RGB) -> None:
     cv2.line(img, _pt(*a), _pt(*b), colour, max(1, int(round(width))), cv2.LINE_AA)
 
@@ -225,7 +239,7 @@ def _pattern_texture(p: Person, shape: tuple[int, int], h: float, x0: float, y0:
         size = 0.07 * h * (0.6 if view in ("left", "right") else 1.0)
         cx, cy = x0, y0 + 0.1 * h
         if p.logo == "circle":
-            cv2.circle(texture, _pt(cx, cy), max(1, int(size)), p.accent, -1, cv2.LINE_AA)
+            _disc(texture, _pt(cx, cy), max(1, int(size)), p.accent)
         elif p.logo == "square":
             cv2.rectangle(texture, _pt(cx - size, cy - size), _pt(cx + size, cy + size), p.accent, -1)
         else:
@@ -237,234 +251,232 @@ def _pattern_texture(p: Person, shape: tuple[int, int], h: float, x0: float, y0:
     return texture
 
 
-def draw_person(img: np.ndarray, p: Person, view: str, phase: float, h: float, cx: float, feet: float) -> None:
-    """Draw person ``p`` in place: ``h`` pixels tall, centred at ``cx``, feet at row ``feet``.
+class Figure:
+    """One person's pose in one image: the body's geometry, and the parts drawn in painter's order.
 
-    ``view`` is where the person faces (front: towards the camera); ``phase`` is the walking phase in radians.
+    ``h`` pixels tall, centred at ``cx``, feet at row ``feet``; ``view`` is where the person faces (front:
+    towards the camera); ``phase`` is the walking phase in radians.
     """
-    side = view in ("left", "right")
-    facing = -1.0 if view == "left" else 1.0  # +x is the direction the person faces, in side views
-    top = feet - h
-    r_head = 0.062 * h * p.head
-    head_c = (cx + (0.015 * h * facing if side else 0.0), top + r_head)
-    shoulder_y = top + 2 * r_head + 0.02 * h
-    hip_y = feet - p.legs * h
-    sw = (0.075 if side else 0.12) * h * p.build  # half shoulder width
-    hw = (0.07 if side else 0.10) * h * p.build  # half hip width
-    limb_w = 0.075 * h * p.build
-    arm_w = 0.055 * h * p.build
-    swing = math.sin(phase)
 
-    # Legs: in side views they swing; from the front or back one foot lifts a little.
-    legs = []
-    for s in (-1.0, 1.0):
-        hip = (cx + (0.02 * h * s if side else 0.5 * hw * s), hip_y)
-        if side:
-            angle = 0.42 * swing * s
-            foot = (hip[0] + facing * math.sin(angle) * (feet - hip_y), hip_y + math.cos(angle) * (feet - hip_y))
-        else:
-            foot = (hip[0] + 0.01 * h * s, feet - 0.03 * h * max(0.0, swing * s))
-        legs.append((hip, foot))
-    # Arms swing against the legs.
-    arms = []
-    for s in (-1.0, 1.0):
-        shoulder = (cx + (0.0 if side else (sw - 0.4 * arm_w) * s), shoulder_y + 0.02 * h)
-        angle = -0.4 * swing * s if side else 0.08 * s
-        length = 0.36 * h * (1.0 if side else 1.0 - 0.06 * abs(swing))
-        hand = (
-            shoulder[0] + math.sin(angle) * length * (facing if side else 1.0),
-            shoulder[1] + math.cos(angle) * length,
-        )
-        arms.append((shoulder, hand))
+    def __init__(self, p: Person, view: str, phase: float, h: float, cx: float, feet: float):
+        self.p, self.view, self.h, self.cx, self.feet = p, view, h, cx, feet
+        self.side = self.view in ("left", "right")
+        self.facing = -1.0 if self.view == "left" else 1.0  # +x is the direction the person faces, in side views
+        self.top = self.feet - self.h
+        self.r_head = 0.062 * self.h * self.p.head
+        self.head_c = (self.cx + (0.015 * self.h * self.facing if self.side else 0.0), self.top + self.r_head)
+        self.shoulder_y = self.top + 2 * self.r_head + 0.02 * self.h
+        self.hip_y = self.feet - self.p.legs * self.h
+        self.sw = (0.075 if self.side else 0.12) * self.h * self.p.build  # half shoulder width
+        self.hw = (0.07 if self.side else 0.10) * self.h * self.p.build  # half hip width
+        self.limb_w = 0.075 * self.h * self.p.build
+        self.arm_w = 0.055 * self.h * self.p.build
+        self.swing = math.sin(phase)
 
-    def leg(i: int) -> None:
-        hip, foot = legs[i]
+        # Legs: in side views they swing; from the front or back one foot lifts a little.
+        self.legs = []
+        for s in (-1.0, 1.0):
+            hip = (self.cx + (0.02 * self.h * s if self.side else 0.5 * self.hw * s), self.hip_y)
+            if self.side:
+                angle = 0.42 * self.swing * s
+                foot = (
+                    hip[0] + self.facing * math.sin(angle) * (self.feet - self.hip_y),
+                    self.hip_y + math.cos(angle) * (self.feet - self.hip_y),
+                )
+            else:
+                foot = (hip[0] + 0.01 * self.h * s, self.feet - 0.03 * self.h * max(0.0, self.swing * s))
+            self.legs.append((hip, foot))
+        # Arms swing against the legs.
+        self.arms = []
+        for s in (-1.0, 1.0):
+            shoulder = (
+                self.cx + (0.0 if self.side else (self.sw - 0.4 * self.arm_w) * s),
+                self.shoulder_y + 0.02 * self.h,
+            )
+            angle = -0.4 * self.swing * s if self.side else 0.08 * s
+            length = 0.36 * self.h * (1.0 if self.side else 1.0 - 0.06 * abs(self.swing))
+            hand = (
+                shoulder[0] + math.sin(angle) * length * (self.facing if self.side else 1.0),
+                shoulder[1] + math.cos(angle) * length,
+            )
+            self.arms.append((shoulder, hand))
+
+    def leg(self, img: np.ndarray, i: int) -> None:
+        hip, foot = self.legs[i]
         knee = ((hip[0] + foot[0]) / 2, (hip[1] + foot[1]) / 2)
-        if p.lower_style == "trousers":
-            _limb(img, hip, foot, limb_w, p.lower)
-        elif p.lower_style == "shorts":
-            _limb(img, knee, foot, limb_w * 0.8, p.skin)
-            _limb(img, hip, knee, limb_w * 1.05, p.lower)
+        if self.p.lower_style == "trousers":
+            _limb(img, hip, foot, self.limb_w, self.p.lower)
+        elif self.p.lower_style == "shorts":
+            _limb(img, knee, foot, self.limb_w * 0.8, self.p.skin)
+            _limb(img, hip, knee, self.limb_w * 1.05, self.p.lower)
         else:
-            _limb(img, hip, foot, limb_w * 0.75, p.skin)
-        cv2.ellipse(
+            _limb(img, hip, foot, self.limb_w * 0.75, self.p.skin)
+        _ellipse(
             img,
-            _pt(foot[0] + (0.02 * h * facing if side else 0), foot[1]),
-            _pt(0.045 * h, 0.022 * h),
-            0,
+            _pt(foot[0] + (0.02 * self.h * self.facing if self.side else 0), foot[1]),
+            _pt(0.045 * self.h, 0.022 * self.h),
             0,
             360,
-            p.shoes,
-            -1,
-            cv2.LINE_AA,
+            self.p.shoes,
         )
 
-    def arm(i: int) -> None:
-        shoulder, hand = arms[i]
+    def arm(self, img: np.ndarray, i: int) -> None:
+        shoulder, hand = self.arms[i]
         sleeve_end = (
-            hand if p.long_sleeves else (shoulder[0] * 0.65 + hand[0] * 0.35, shoulder[1] * 0.65 + hand[1] * 0.35)
+            hand if self.p.long_sleeves else (shoulder[0] * 0.65 + hand[0] * 0.35, shoulder[1] * 0.65 + hand[1] * 0.35)
         )
-        _limb(img, shoulder, hand, arm_w * 0.85, p.skin)
-        _limb(img, shoulder, sleeve_end, arm_w, p.upper)
-        cv2.circle(img, _pt(*hand), max(1, int(arm_w * 0.55)), p.skin, -1, cv2.LINE_AA)
+        _limb(img, shoulder, hand, self.arm_w * 0.85, self.p.skin)
+        _limb(img, shoulder, sleeve_end, self.arm_w, self.p.upper)
+        _disc(img, _pt(*hand), max(1, int(self.arm_w * 0.55)), self.p.skin)
 
-    def backpack() -> None:
-        if p.backpack is None:
+    def backpack(self, img: np.ndarray) -> None:
+        if self.p.backpack is None:
             return
-        if view == "back":
-            w, y0 = sw * 0.8, shoulder_y + 0.03 * h
-            cv2.rectangle(img, _pt(cx - w, y0), _pt(cx + w, y0 + 0.2 * h), p.backpack, -1, cv2.LINE_AA)
-        elif side:
-            x_back = cx - facing * sw
-            x0, x1 = sorted((x_back, x_back - facing * 0.08 * h))
-            cv2.rectangle(
-                img, _pt(x0, shoulder_y + 0.03 * h), _pt(x1, shoulder_y + 0.23 * h), p.backpack, -1, cv2.LINE_AA
+        if self.view == "back":
+            w, y0 = self.sw * 0.8, self.shoulder_y + 0.03 * self.h
+            _rect(img, _pt(self.cx - w, y0), _pt(self.cx + w, y0 + 0.2 * self.h), self.p.backpack)
+        elif self.side:
+            x_back = self.cx - self.facing * self.sw
+            x0, x1 = sorted((x_back, x_back - self.facing * 0.08 * self.h))
+            _rect(
+                img, _pt(x0, self.shoulder_y + 0.03 * self.h), _pt(x1, self.shoulder_y + 0.23 * self.h), self.p.backpack
             )
         else:  # from the front only the straps show
             for s in (-1.0, 1.0):
                 _limb(
                     img,
-                    (cx + 0.55 * sw * s, shoulder_y),
-                    (cx + 0.6 * sw * s, shoulder_y + 0.2 * h),
-                    0.02 * h,
-                    p.backpack,
+                    (self.cx + 0.55 * self.sw * s, self.shoulder_y),
+                    (self.cx + 0.6 * self.sw * s, self.shoulder_y + 0.2 * self.h),
+                    0.02 * self.h,
+                    self.p.backpack,
                 )
 
-    def bag() -> None:
-        if p.bag is None:
+    def bag(self, img: np.ndarray) -> None:
+        if self.p.bag is None:
             return
         # Image x of the bag's side: the person's right is image-left from the front, image-right from the back.
-        if side:
-            visible = (p.bag_side == 1) == (view == "right")  # the near side carries it
+        if self.side:
+            visible = (self.p.bag_side == 1) == (self.view == "right")  # the near side carries it
             if not visible:
                 return
-            bx = cx - facing * 0.02 * h
+            bx = self.cx - self.facing * 0.02 * self.h
         else:
-            sign = -p.bag_side if view == "front" else p.bag_side
-            bx = cx + sign * (hw + 0.07 * h)
-            _limb(img, (cx - sign * sw * 0.7, shoulder_y), (bx, hip_y - 0.02 * h), 0.012 * h, p.bag)
-        cv2.rectangle(
-            img, _pt(bx - 0.05 * h, hip_y - 0.04 * h), _pt(bx + 0.05 * h, hip_y + 0.07 * h), p.bag, -1, cv2.LINE_AA
+            sign = -self.p.bag_side if self.view == "front" else self.p.bag_side
+            bx = self.cx + sign * (self.hw + 0.07 * self.h)
+            _limb(
+                img,
+                (self.cx - sign * self.sw * 0.7, self.shoulder_y),
+                (bx, self.hip_y - 0.02 * self.h),
+                0.012 * self.h,
+                self.p.bag,
+            )
+        _rect(
+            img,
+            _pt(bx - 0.05 * self.h, self.hip_y - 0.04 * self.h),
+            _pt(bx + 0.05 * self.h, self.hip_y + 0.07 * self.h),
+            self.p.bag,
         )
 
-    def head() -> None:
-        hx, hy = head_c
-        neck = 0.35 * r_head
-        cv2.rectangle(img, _pt(hx - neck, hy), _pt(hx + neck, shoulder_y + 0.01 * h), p.skin, -1, cv2.LINE_AA)
-        cv2.circle(img, _pt(hx, hy), max(1, int(r_head)), p.skin, -1, cv2.LINE_AA)
-        if p.hair_style != "bald":
-            if view == "back":
-                cv2.circle(img, _pt(hx, hy), max(1, int(r_head * 1.05)), p.hair, -1, cv2.LINE_AA)
+    def head(self, img: np.ndarray) -> None:
+        hx, hy = self.head_c
+        neck = 0.35 * self.r_head
+        _rect(img, _pt(hx - neck, hy), _pt(hx + neck, self.shoulder_y + 0.01 * self.h), self.p.skin)
+        _disc(img, _pt(hx, hy), max(1, int(self.r_head)), self.p.skin)
+        if self.p.hair_style != "bald":
+            if self.view == "back":
+                _disc(img, _pt(hx, hy), max(1, int(self.r_head * 1.05)), self.p.hair)
             else:
-                off = -facing * 0.35 * r_head if side else 0.0
-                cv2.ellipse(
+                off = -self.facing * 0.35 * self.r_head if self.side else 0.0
+                _ellipse(
                     img,
-                    _pt(hx + off, hy - 0.25 * r_head),
-                    _pt(r_head * 1.02, r_head * 0.85),
-                    0,
+                    _pt(hx + off, hy - 0.25 * self.r_head),
+                    _pt(self.r_head * 1.02, self.r_head * 0.85),
                     180,
                     360,
-                    p.hair,
-                    -1,
-                    cv2.LINE_AA,
+                    self.p.hair,
                 )
-            if p.hair_style == "bun":
-                bun_x = hx - facing * 0.8 * r_head if side else hx
-                cv2.circle(img, _pt(bun_x, hy - 0.9 * r_head), max(1, int(0.45 * r_head)), p.hair, -1, cv2.LINE_AA)
-        if view == "front":
+            if self.p.hair_style == "bun":
+                bun_x = hx - self.facing * 0.8 * self.r_head if self.side else hx
+                _disc(img, _pt(bun_x, hy - 0.9 * self.r_head), max(1, int(0.45 * self.r_head)), self.p.hair)
+        if self.view == "front":
             for s in (-1.0, 1.0):
-                cv2.circle(img, _pt(hx + 0.35 * r_head * s, hy), max(1, int(0.1 * r_head)), (30, 25, 25), -1)
-        if p.hat is not None:
-            cv2.ellipse(
-                img, _pt(hx, hy - 0.3 * r_head), _pt(r_head * 1.08, r_head * 0.9), 0, 180, 360, p.hat, -1, cv2.LINE_AA
+                cv2.circle(img, _pt(hx + 0.35 * self.r_head * s, hy), max(1, int(0.1 * self.r_head)), (30, 25, 25), -1)
+        if self.p.hat is not None:
+            _ellipse(
+                img, _pt(hx, hy - 0.3 * self.r_head), _pt(self.r_head * 1.08, self.r_head * 0.9), 180, 360, self.p.hat
             )
-            brim_x = hx + facing * 0.9 * r_head if side else hx
-            brim_w = 0.7 * r_head if side else 1.1 * r_head
-            cv2.ellipse(
-                img, _pt(brim_x, hy - 0.3 * r_head), _pt(brim_w, 0.18 * r_head), 0, 0, 360, p.hat, -1, cv2.LINE_AA
-            )
+            brim_x = hx + self.facing * 0.9 * self.r_head if self.side else hx
+            brim_w = 0.7 * self.r_head if self.side else 1.1 * self.r_head
+            _ellipse(img, _pt(brim_x, hy - 0.3 * self.r_head), _pt(brim_w, 0.18 * self.r_head), 0, 360, self.p.hat)
 
-    def torso() -> None:
+    def torso(self, img: np.ndarray) -> None:
         # Garment as a soft mask, filled with its texture: stripes and checks follow the body.
-        y1 = hip_y + 0.03 * h
-        x_lo, x_hi = int(max(0, cx - sw - 2)), int(min(img.shape[1], cx + sw + 3))
-        y_lo, y_hi = int(max(0, shoulder_y - 0.03 * h - 2)), int(min(img.shape[0], y1 + 3))
+        y1 = self.hip_y + 0.03 * self.h
+        x_lo, x_hi = int(max(0, self.cx - self.sw - 2)), int(min(img.shape[1], self.cx + self.sw + 3))
+        y_lo, y_hi = int(max(0, self.shoulder_y - 0.03 * self.h - 2)), int(min(img.shape[0], y1 + 3))
         if x_hi <= x_lo or y_hi <= y_lo:
             return
         mask = np.zeros(img.shape[:2], np.uint8)
-        pts = [(cx - sw, shoulder_y), (cx + sw, shoulder_y), (cx + hw * 1.05, y1), (cx - hw * 1.05, y1)]
+        pts = [
+            (self.cx - self.sw, self.shoulder_y),
+            (self.cx + self.sw, self.shoulder_y),
+            (self.cx + self.hw * 1.05, y1),
+            (self.cx - self.hw * 1.05, y1),
+        ]
         cv2.fillPoly(mask, [np.array([_pt(*q) for q in pts], np.int32)], 255, cv2.LINE_AA)
-        cv2.ellipse(mask, _pt(cx, shoulder_y), _pt(sw, 0.03 * h), 0, 180, 360, 255, -1, cv2.LINE_AA)
-        texture = _pattern_texture(p, img.shape[:2], h, cx, shoulder_y, view)
+        _ellipse(mask, _pt(self.cx, self.shoulder_y), _pt(self.sw, 0.03 * self.h), 180, 360, 255)
+        texture = _pattern_texture(self.p, img.shape[:2], self.h, self.cx, self.shoulder_y, self.view)
         alpha = mask[y_lo:y_hi, x_lo:x_hi, None].astype(np.float32) / 255.0
         region = img[y_lo:y_hi, x_lo:x_hi]
         region[:] = (region * (1 - alpha) + texture[y_lo:y_hi, x_lo:x_hi] * alpha).astype(np.uint8)
 
-    def hips() -> None:
-        if p.lower_style == "skirt":
+    def hips(self, img: np.ndarray) -> None:
+        if self.p.lower_style == "skirt":
             pts = [
-                (cx - hw, hip_y),
-                (cx + hw, hip_y),
-                (cx + hw * 1.5, hip_y + 0.2 * h),
-                (cx - hw * 1.5, hip_y + 0.2 * h),
+                (self.cx - self.hw, self.hip_y),
+                (self.cx + self.hw, self.hip_y),
+                (self.cx + self.hw * 1.5, self.hip_y + 0.2 * self.h),
+                (self.cx - self.hw * 1.5, self.hip_y + 0.2 * self.h),
             ]
         else:
-            pts = [(cx - hw, hip_y), (cx + hw, hip_y), (cx + hw, hip_y + 0.07 * h), (cx - hw, hip_y + 0.07 * h)]
-        cv2.fillPoly(img, [np.array([_pt(*q) for q in pts], np.int32)], p.lower, cv2.LINE_AA)
+            pts = [
+                (self.cx - self.hw, self.hip_y),
+                (self.cx + self.hw, self.hip_y),
+                (self.cx + self.hw, self.hip_y + 0.07 * self.h),
+                (self.cx - self.hw, self.hip_y + 0.07 * self.h),
+            ]
+        cv2.fillPoly(img, [np.array([_pt(*q) for q in pts], np.int32)], self.p.lower, cv2.LINE_AA)
 
-    def long_hair() -> None:
-        if p.hair_style != "long":
+    def long_hair(self, img: np.ndarray) -> None:
+        if self.p.hair_style != "long":
             return
-        hx, hy = head_c
-        if view == "front":  # framing the face, down to the shoulders
-            x0, x1, y1 = hx - 1.12 * r_head, hx + 1.12 * r_head, shoulder_y + 0.04 * h
-        elif view == "back":  # over the upper back
-            x0, x1, y1 = hx - r_head, hx + r_head, shoulder_y + 0.09 * h
+        hx, hy = self.head_c
+        if self.view == "front":  # framing the face, down to the shoulders
+            x0, x1, y1 = hx - 1.12 * self.r_head, hx + 1.12 * self.r_head, self.shoulder_y + 0.04 * self.h
+        elif self.view == "back":  # over the upper back
+            x0, x1, y1 = hx - self.r_head, hx + self.r_head, self.shoulder_y + 0.09 * self.h
         else:
-            (x0, x1), y1 = sorted((hx, hx - facing * 1.1 * r_head)), shoulder_y + 0.09 * h
-        cv2.rectangle(img, _pt(x0, hy - 0.2 * r_head), _pt(x1, y1), p.hair, -1, cv2.LINE_AA)
+            (x0, x1), y1 = sorted((hx, hx - self.facing * 1.1 * self.r_head)), self.shoulder_y + 0.09 * self.h
+        _rect(img, _pt(x0, hy - 0.2 * self.r_head), _pt(x1, y1), self.p.hair)
 
-    if view == "front":
-        order = [
-            long_hair,
-            lambda: leg(0),
-            lambda: leg(1),
-            hips,
-            torso,
-            bag,
-            backpack,
-            lambda: arm(0),
-            lambda: arm(1),
-            head,
-        ]
-    elif view == "back":
-        order = [
-            lambda: leg(0),
-            lambda: leg(1),
-            hips,
-            lambda: arm(0),
-            lambda: arm(1),
-            torso,
-            long_hair,
-            backpack,
-            bag,
-            head,
-        ]
-    else:  # the far limbs first, then the body, then the near limbs
-        order = [
-            lambda: arm(0),
-            lambda: leg(0),
-            backpack,
-            hips,
-            torso,
-            lambda: leg(1),
-            bag,
-            lambda: arm(1),
-            long_hair,
-            head,
-        ]
-    for step in order:
-        step()
+    def draw(self, img: np.ndarray) -> None:
+        leg, arm = self.leg, self.arm
+        if self.view == "front":
+            order = [(self.long_hair,), (leg, 0), (leg, 1), (self.hips,), (self.torso,), (self.bag,), (self.backpack,)]
+            order += [(arm, 0), (arm, 1), (self.head,)]
+        elif self.view == "back":
+            order = [(leg, 0), (leg, 1), (self.hips,), (arm, 0), (arm, 1), (self.torso,), (self.long_hair,)]
+            order += [(self.backpack,), (self.bag,), (self.head,)]
+        else:  # the far limbs first, then the body, then the near limbs
+            order = [(arm, 0), (leg, 0), (self.backpack,), (self.hips,), (self.torso,), (leg, 1), (self.bag,)]
+            order += [(arm, 1), (self.long_hair,), (self.head,)]
+        for part, *args in order:
+            part(img, *args)
+
+
+def draw_person(img: np.ndarray, p: Person, view: str, phase: float, h: float, cx: float, feet: float) -> None:
+    """Draw person ``p`` in place (see ``Figure``)."""
+    Figure(p, view, phase, h, cx, feet).draw(img)
 
 
 # ---------------------------------------------------------------- one image
