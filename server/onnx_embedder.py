@@ -171,9 +171,10 @@ class OnnxEmbedder(Embedder):
     async def start(self) -> None:
         if not self.model_path.is_file():
             raise EmbedderUnavailable(f"no ONNX model at {self.model_path}")
-        self._session = await asyncio.to_thread(self._load_session)
-        self.spec = spec_from_session(self._session)
-        check_session_io(self._session, self.spec)
+        session = await asyncio.to_thread(self._load_session)
+        self.spec = spec_from_session(session)
+        check_session_io(session, self.spec)  # a refused model is never served
+        self._session = session
         self.max_batch = min(self.requested_max_batch or self.spec.max_batch_size, self.spec.max_batch_size)
         if self.micro_batch:
             self._batcher = MicroBatcher(
