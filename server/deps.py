@@ -194,6 +194,7 @@ class Role(enum.IntEnum):
     admin = 2
 
 
+CHALLENGE = {"WWW-Authenticate": "Bearer"}  # a 401 says how to authenticate (RFC 9110)
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="admin or read-only API key")
 _bearer = HTTPBearer(auto_error=False, description="the same API key as a bearer token")
 
@@ -216,13 +217,13 @@ def caller_role(
         return Role.admin
     given = api_key if api_key is not None else (bearer.credentials if bearer is not None else None)
     if given is None:
-        raise APIError(401, "unauthorized", "an API key is required (X-API-Key or Authorization: Bearer)")
+        raise APIError(401, "unauthorized", "an API key is required (X-API-Key or Authorization: Bearer)", CHALLENGE)
     candidate = given.encode("utf-8", "surrogateescape")
     if _matches(candidate, s.api_keys):
         return Role.admin
     if _matches(candidate, s.read_api_keys):
         return Role.reader
-    raise APIError(401, "unauthorized", "the API key is not valid")
+    raise APIError(401, "unauthorized", "the API key is not valid", CHALLENGE)
 
 
 RoleDep = Annotated[Role, Depends(caller_role)]

@@ -346,6 +346,7 @@ def test_auth_matrix(api, credential):
             r = anon.request(method, url.replace("{id}", str(gid)), headers=headers, **kwargs)
             if credential in ("none", "bad-key", "bad-bearer", "non-ascii"):
                 expected = {401}
+                assert r.headers.get("www-authenticate") == "Bearer"
             elif credential.startswith("read") and needs_admin:
                 expected = {403}
             else:
