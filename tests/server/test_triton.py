@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 from server.embedder import EmbedderBadResponse, EmbedderDeadline, EmbedderUnavailable
 from server.onnx_embedder import OnnxEmbedder
 from server.spec import ModelSpec
-from server.triton import LocalTriton, free_port
+from server.triton import LocalTriton, build_local_repository, free_port, read_config
 from server.triton_embedder import TritonEmbedder, map_triton_error
 from tests.fixtures.triton import make_spec, write_toy_repository_model
 from tests.server.test_embedder import images_for
@@ -206,3 +206,13 @@ def test_silent_server_hits_the_deadline():
 def test_triton_errors_map_to_the_embedder_hierarchy(status, kind):
     error = map_triton_error(InferenceServerException("boom", status=status), "h:1")
     assert type(error) is kind and "boom" in str(error)
+
+
+def test_local_repository_keeps_the_artifact_model_but_runs_it_on_the_python_backend(tiny_artifact, tmp_path):
+    repo, names = build_local_repository(tiny_artifact, tmp_path)
+    original = read_config(tiny_artifact / "model_repository" / tiny_artifact.name / "config.pbtxt")
+    local = read_config(repo / names[0] / "config.pbtxt")
+    assert names == [original.name] and local.backend == "python" and not local.platform
+    for field in ("name", "max_batch_size", "input", "output", "dynamic_batching", "parameters"):
+        assert getattr(local, field) == getattr(original, field), field
+    assert (repo / names[0] / "1" / "model.onnx").read_bytes() == (tiny_artifact / "model.onnx").read_bytes()
