@@ -278,3 +278,20 @@ def test_create_embedder_builds_each_backend_and_refuses_incomplete_settings(tin
 
 def test_every_embedder_failure_is_an_embedder_error():
     assert all(issubclass(e, EmbedderError) for e in (EmbedderUnavailable, EmbedderDeadline, EmbedderBadResponse))
+
+
+@pytest.mark.gpu
+def test_onnx_embedder_runs_on_cuda_and_agrees_with_cpu(tiny_artifact):
+    from server.onnx_embedder import default_providers
+
+    assert default_providers()[0] == "CUDAExecutionProvider"  # the gpu extra installs onnxruntime-gpu
+
+    async def scenario():
+        async with OnnxEmbedder(tiny_artifact / "model.onnx", micro_batch=False) as gpu:
+            images = images_for(gpu.spec, 8)
+            on_gpu = await gpu.embed(images)
+        async with OnnxEmbedder(tiny_artifact / "model.onnx", providers=["CPUExecutionProvider"]) as cpu:
+            return on_gpu, await cpu.embed(images)
+
+    on_gpu, on_cpu = asyncio.run(scenario())
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-3)  # TF32 / cuDNN kernels differ from CPU by ~1e-4
