@@ -237,6 +237,21 @@ def test_onnx_embedder_refuses_a_model_whose_dim_disagrees_with_its_spec_at_star
     assert asyncio.run(scenario()) is False
 
 
+@pytest.mark.parametrize("micro_batch", [True, False])
+def test_onnx_embedder_inference_leaves_the_event_loop_free(tiny_artifact, micro_batch):
+    async def scenario():
+        async with OnnxEmbedder(tiny_artifact / "model.onnx", intra_op_threads=1, micro_batch=micro_batch) as e:
+            task = asyncio.ensure_future(e.embed(images_for(e.spec, 8)))
+            ticks = 0
+            while not task.done():  # on the loop's thread, inference would finish before a second tick
+                ticks += 1
+                await asyncio.sleep(0)
+            await task
+            return ticks
+
+    assert asyncio.run(scenario()) > 10
+
+
 @pytest.mark.parametrize("poison, why", [("nan", "NaN"), ("unnormalized", "unit norm")])
 def test_onnx_embedder_refuses_bad_outputs(tmp_path, poison, why):
     spec = make_spec()
