@@ -300,8 +300,8 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
 
-        arrays = [pb_utils.get_input_tensor_by_name(r, self._input).as_numpy() for r in requests]
         try:
+            arrays = [pb_utils.get_input_tensor_by_name(r, self._input).as_numpy() for r in requests]
             batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
             out = self._session.run([self._output], {self._input: batch})[0]
         except Exception as e:  # every request of the batch gets the error, none is dropped
