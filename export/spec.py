@@ -50,6 +50,10 @@ def build_spec(
     model_id = f"{architecture}-{tta}-{weights_hash(weights_path)[:HASH_CHARS]}"
     metrics = meta.get("metrics") or {}
     threshold = meta.get("threshold")
+    # The threshold was calibrated on the training evaluation's features; another flip-TTA setting moves
+    # every score, so it would not mean the same false-positive rate.
+    if (meta.get("train") or {}).get("flip_tta", flip_tta) != flip_tta:
+        threshold = None
     return ModelSpec(
         model_id=model_id,
         architecture=architecture,

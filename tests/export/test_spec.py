@@ -48,3 +48,9 @@ def test_a_resize_the_server_does_not_do_is_refused(weights):
     meta = {**META, "data": {**META["data"], "interpolation": "bicubic"}}
     with pytest.raises(ValueError, match="bicubic"):
         build_spec(meta, weights, dim=2048, flip_tta=True, max_batch_size=8)
+
+
+def test_threshold_is_dropped_when_flip_tta_differs_from_the_evaluation(weights):
+    meta = {**META, "threshold": {"score": 0.62, "fpr": 0.001}, "train": {"flip_tta": True}}
+    assert build_spec(meta, weights, dim=2048, flip_tta=True, max_batch_size=8).threshold is not None
+    assert build_spec(meta, weights, dim=2048, flip_tta=False, max_batch_size=8).threshold is None
