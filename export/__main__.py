@@ -12,7 +12,11 @@ from export.config import ExportConfig, GateTolerances
 
 def parse_args(argv: list[str] | None = None) -> tuple[Path, Path, ExportConfig]:
     defaults = ExportConfig()
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split(":", 1)[1].strip())
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Checkpoint -> serving artifact (model.onnx + spec, INT8/fp16 variants, Triton model repository), "
+        "written only when the parity gate against PyTorch passes.",
+    )
     p.add_argument("checkpoint", type=Path, help="checkpoint folder (model.pt + meta.json)")
     p.add_argument("--out", type=Path, required=True, help="artifact folder to create or replace (artifacts/NAME)")
     p.add_argument("--name", default="", help="Triton model name (default: the --out folder's name)")
@@ -65,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except TensorRTUnavailableError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, FileExistsError) as exc:  # a wrong path on the command line: no traceback
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
     report = json.loads((artifact / REPORT_FILE).read_text())
     print(summary(artifact, report))
     return 0
