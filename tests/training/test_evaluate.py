@@ -156,23 +156,3 @@ def test_cli_prints_metrics_and_writes_the_threshold(tiny_market, tmp_path, caps
     meta = json.loads((tmp_path / "ckpt" / "meta.json").read_text())
     assert set(meta["metrics"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
     assert meta["threshold"]["fpr"] == 0.01 and -1.0 <= meta["threshold"]["score"] <= 1.0
-
-
-def test_grad_cam_maps_and_viz_cli(tiny_market, tmp_path, capsys):
-    from training.viz import grad_cam
-    from training.viz import main as viz_main
-
-    torch.manual_seed(0)
-    model = APNet(APNetConfig(backbone="resnet18", level=2, num_classes=6))
-    save_checkpoint(tmp_path / "ckpt", model, {"data": data_meta(64, 32)})
-    image, target = torch.randn(1, 3, 64, 32), torch.randn(512)
-    maps = grad_cam(model.eval(), image, target)
-    assert len(maps) == 2 and all(
-        m.shape == (64, 32) and m.min() == 0.0 and m.max() == pytest.approx(1.0) for m in maps
-    )
-    viz_main([str(tmp_path / "ckpt"), "--data", str(tiny_market), "--out", str(tmp_path / "viz"), "--num", "2"])
-    pngs = sorted((tmp_path / "viz").glob("*.png"))
-    assert len(pngs) == 2 and "wrote 2" in capsys.readouterr().out
-    import cv2
-
-    assert cv2.imread(str(pngs[0])).shape == (64, 4 * 32, 3)
