@@ -81,7 +81,8 @@ class Store:
     def reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = self._connect(check_same_thread=True)
+            # Used by this thread only, but close() may run on another one.
+            conn = self._local.conn = self._connect(check_same_thread=False)
         return conn
 
     @property

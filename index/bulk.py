@@ -1,0 +1,387 @@
+"""Bulk indexing: a folder of person crops (or a CSV manifest) -> embeddings -> the gallery.
+
+    python -m index.bulk FOLDER --gallery DIR --artifact DIR            # ONNX Runtime in-process
+    python -m index.bulk FOLDER --gallery DIR --backend triton --triton-url HOST:8001 --model-name NAME
+    python -m index.bulk LIST.csv --gallery DIR --artifact DIR          # path,person_id,camera_id[,captured_at,track_id]
+
+Labels come from Market-1501 names (0002_c1s1_000451_03.jpg: person 0002, camera 1), DukeMTMC-reID names
+(0005_c2_f0046985.jpg), or else the folder a file is in (FOLDER/<person_id>/*.jpg; camera from "_c<N>" in
+the name if there). Files are read, hashed, decoded and resized in threads through server.imaging (the
+decoder the API uses), embedded in batches through any Embedder and added in batches. Running it again
+adds nothing twice: a file whose sha256 is already in the gallery is a duplicate. Bad files are skipped
+with their reasons; nothing outside FOLDER is read (symlinks out of it and "../" or absolute manifest
+paths are refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import json
+import os
+import re
+import stat
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from index.errors import ModelMismatch
+from index.gallery import Gallery
+from index.records import Record
+from server.embedder import Embedder, create_embedder
+from server.imaging import ImageError, decode_image, resize
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+MARKET_NAME = re.compile(r"(-?\d+)_c(\d+)s(\d+)_(\d+)_(\d+)")  # person, camera, sequence, frame, box
+DUKE_NAME = re.compile(r"(-?\d+)_c(\d+)_f(\d+)")  # person, camera, frame
+CAMERA_IN_NAME = re.compile(r"_c(\d+)")
+MAX_FILE_BYTES = 50 * 1024 * 1024  # far above any crop; bounds memory per worker
+Layout = Literal["auto", "names", "folders"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file to index: its path relative to the root and its labels."""
+
+    rel: str
+    person_id: str | None = None
+    camera_id: str | None = None
+    captured_at: float | None = None
+    track_id: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class Summary:
+    indexed: int = 0
+    duplicates: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "indexed": self.indexed,
+            "duplicates": self.duplicates,
+            "skipped": len(self.skipped),
+            "skipped_by_reason": dict(Counter(reason.split(":")[0] for _, reason in self.skipped)),
+            "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 2),
+        }
+
+    def format(self) -> str:
+        lines = [
+            f"indexed {self.indexed}, duplicates {self.duplicates}, skipped {len(self.skipped)} "
+            f"in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)"
+        ]
+        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
+        return "\n".join(lines)
+
+
+# -- finding the files ---------------------------------------------------------------------------------------
+
+
+def labels_from_path(rel: PurePosixPath, layout: Layout = "auto") -> Item:
+    """Person and camera from a Market-1501 or Duke name, else from the parent folder (folder-per-person)."""
+    stem = rel.stem
+    if layout in ("auto", "names"):
+        if m := MARKET_NAME.fullmatch(stem):
+            meta = {"sequence": int(m[3]), "frame": int(m[4]), "box": int(m[5])}
+            return Item(str(rel), person_id=m[1], camera_id=m[2], metadata=meta)
+        if m := DUKE_NAME.fullmatch(stem):
+            return Item(str(rel), person_id=m[1], camera_id=m[2], metadata={"frame": int(m[3])})
+    person = rel.parent.name if layout != "names" and len(rel.parts) > 1 else None
+    camera = m[1] if (m := CAMERA_IN_NAME.search(stem)) else None
+    return Item(str(rel), person_id=person or None, camera_id=camera)
+
+
+def walk_folder(root: Path, layout: Layout = "auto") -> tuple[list[Item], list[tuple[str, str]]]:
+    """Image files under root in a stable order; symlinked folders are not followed (reported)."""
+    items, skipped = [], []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        here = Path(folder)
+        dirs.sort()
+        for d in list(dirs):
+            if (here / d).is_symlink():
+                skipped.append((_rel(root, here / d), "symlinked folder: not followed"))
+                dirs.remove(d)
+        for name in sorted(files):
+            rel = PurePosixPath(_rel(root, here / name))
+            if rel.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append((str(rel), "not an image file name (.jpg, .jpeg, .png, .webp)"))
+                continue
+            items.append(labels_from_path(rel, layout))
+    return items, skipped
+
+
+def read_manifest(csv_path: Path) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Rows of path, person_id, camera_id[, captured_at, track_id]; paths relative to the CSV's folder."""
+    items, skipped = [], []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "person_id", "camera_id"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{csv_path}: the manifest needs the columns {sorted(missing)}")
+        for line, row in enumerate(reader, start=2):
+            path = (row.get("path") or "").strip()
+            if not path:
+                skipped.append((f"{csv_path.name}:{line}", "manifest row without a path"))
+                continue
+            try:
+                captured = _parse_time(row.get("captured_at"))
+            except ValueError as exc:
+                skipped.append((path, f"bad captured_at: {exc}"))
+                continue
+            items.append(
+                Item(
+                    path,
+                    person_id=(row.get("person_id") or "").strip() or None,
+                    camera_id=(row.get("camera_id") or "").strip() or None,
+                    captured_at=captured,
+                    track_id=(row.get("track_id") or "").strip() or None,
+                )
+            )
+    return items, skipped
+
+
+def _parse_time(text: str | None) -> float | None:
+    """Unix seconds or ISO 8601 (a time without a zone is taken as UTC)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def read_inside(root: Path, rel: str) -> bytes:
+    """The bytes of root/rel, refusing anything that resolves outside root or is not a regular file."""
+    parts = PurePosixPath(rel)
+    if parts.is_absolute() or Path(rel).is_absolute() or ".." in parts.parts:
+        raise PermissionError("path leaves the folder (absolute or '..')")
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, rel))
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise PermissionError("symlink pointing outside the folder")
+    info = os.stat(real)
+    if not stat.S_ISREG(info.st_mode):
+        raise PermissionError("not a regular file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise PermissionError(f"file larger than {MAX_FILE_BYTES} bytes")
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)  # realpath resolved every link; refuse one swapped in since
+    with os.fdopen(fd, "rb") as f:
+        return f.read(MAX_FILE_BYTES + 1)
+
+
+# -- the pipeline --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    item: Item
+    content_hash: str | None = None
+    pixels: np.ndarray | None = None
+    skip: str | None = None
+
+
+def _prepare(root: Path, item: Item, height: int, width: int) -> _Prepared:
+    try:
+        data = read_inside(root, item.rel)
+    except PermissionError as exc:
+        return _Prepared(item, skip=str(exc))
+    except OSError as exc:
+        return _Prepared(item, skip=f"unreadable: {exc.strerror or exc}")
+    content_hash = hashlib.sha256(data).hexdigest()
+    try:
+        pixels = resize(decode_image(data), height, width)
+    except ImageError as exc:
+        return _Prepared(item, content_hash, skip=f"{exc.code}: {exc.message}")
+    return _Prepared(item, content_hash, pixels)
+
+
+async def index_items(
+    root: Path,
+    items: Sequence[Item],
+    gallery: Gallery,
+    embedder: Embedder,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Summary:
+    """Index items (paths relative to root) with a started embedder; see index_folder."""
+    spec = embedder.spec
+    if gallery.model_id != spec.model_id or gallery.dim != spec.dim:
+        raise ModelMismatch(
+            f"the gallery holds {gallery.dim}-d embeddings of {gallery.model_id!r}; "
+            f"the embedder serves {spec.dim}-d embeddings of {spec.model_id!r}"
+        )
+    height, width = spec.input.height, spec.input.width
+    summary = Summary()
+    started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    seen: set[str] = set()
+    workers = workers or min(4, len(os.sched_getaffinity(0)))
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="bulk-decode") as pool,
+        tqdm(total=len(items), unit="img", disable=not progress, dynamic_ncols=True) as bar,
+    ):
+
+        def schedule(batch):
+            return asyncio.gather(*(loop.run_in_executor(pool, _prepare, root, it, height, width) for it in batch))
+
+        pending = schedule(batches[0]) if batches else None
+        for b in range(len(batches)):
+            prepared = await pending
+            if b + 1 < len(batches):
+                pending = schedule(batches[b + 1])  # decode the next batch while this one embeds
+            fresh = []
+            for p in prepared:
+                if p.content_hash is not None and (p.content_hash in seen or gallery.find_hash(p.content_hash)):
+                    summary.duplicates += 1
+                elif p.skip is not None:
+                    summary.skipped.append((p.item.rel, p.skip))
+                else:
+                    seen.add(p.content_hash)
+                    fresh.append(p)
+            if fresh:
+                xb = await embedder.embed(np.stack([p.pixels for p in fresh]))
+                records = [
+                    Record(
+                        person_id=p.item.person_id,
+                        camera_id=p.item.camera_id,
+                        captured_at=p.item.captured_at,
+                        track_id=p.item.track_id,
+                        source=p.item.rel,
+                        content_hash=p.content_hash,
+                        metadata=p.item.metadata,
+                    )
+                    for p in fresh
+                ]
+                await asyncio.to_thread(gallery.add, xb, records, model_id=spec.model_id)
+                summary.indexed += len(fresh)
+            bar.update(len(prepared))
+            bar.set_postfix(indexed=summary.indexed, dup=summary.duplicates, skip=len(summary.skipped))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+async def index_folder(
+    folder: str | os.PathLike,
+    gallery: Gallery,
+    embedder: Embedder,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    layout: Layout = "auto",
+    progress: bool = False,
+) -> Summary:
+    """Index a folder of crops, or a CSV manifest, into the gallery with a started embedder.
+
+    Idempotent and resumable: files whose content hash the gallery holds are counted as duplicates.
+    """
+    source = Path(folder)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        root = source.parent
+        items, skipped = read_manifest(source)
+    elif source.is_dir():
+        root = source
+        items, skipped = walk_folder(source, layout)
+    else:
+        raise FileNotFoundError(f"{source} is neither a folder nor a .csv manifest")
+    summary = await index_items(
+        root, items, gallery, embedder, batch_size=batch_size, workers=workers, progress=progress
+    )
+    summary.skipped[:0] = skipped
+    return summary
+
+
+# -- command line --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m index.bulk", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", type=Path, help="folder of crops, or a CSV manifest (path,person_id,camera_id,...)")
+    p.add_argument("--gallery", type=Path, required=True, help="gallery folder (created if missing)")
+    p.add_argument("--backend", choices=["onnx", "triton"], default="onnx")
+    p.add_argument("--artifact", type=Path, help="artifact folder with model.onnx (onnx backend)")
+    p.add_argument("--triton-url", help="Triton address, e.g. localhost:8001 (triton backend)")
+    p.add_argument("--model-name", help="Triton model name (triton backend)")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    p.add_argument("--factory", default="Flat", help="faiss index type when the gallery is created")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores, at most 4)")
+    p.add_argument("--layout", choices=["auto", "names", "folders"], default="auto")
+    p.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.backend == "onnx" and args.artifact is None:
+        p.error("the onnx backend needs --artifact")
+    if args.backend == "triton" and args.triton_url is None:
+        p.error("the triton backend needs --triton-url")
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    return args
+
+
+async def _run(args: argparse.Namespace) -> Summary:
+    embedder = create_embedder(
+        args.backend,
+        artifact=args.artifact,
+        triton_url=args.triton_url,
+        model_name=args.model_name,
+        protocol=args.protocol,
+    )
+    await embedder.start()
+    try:
+        spec = embedder.spec
+        with Gallery.open_or_create(args.gallery, model_id=spec.model_id, dim=spec.dim, factory=args.factory) as g:
+            return await index_folder(
+                args.folder,
+                g,
+                embedder,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                layout=args.layout,
+                progress=not args.no_progress,
+            )
+    finally:
+        await embedder.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    summary = asyncio.run(_run(args))
+    print(summary.format())
+    if args.summary_json:
+        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        args.summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
