@@ -61,3 +61,25 @@ def test_fp16_model_keeps_uint8_in_float32_out_and_the_spec(tiny_artifact, image
     out = _run(dst, images)
     assert out.dtype == np.float32
     assert _cosines(out, _run(src, images)).min() >= 0.999
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_drop", [-1.0, 1.0])
+def test_int8_file_is_kept_only_when_the_rule_ships_it(tiny_artifact, synth_data, tmp_path, max_drop):
+    from export.artifact import INT8_FILE, _int8_variant
+    from export.config import ExportConfig, GateTolerances
+    from export.parity import load_parity_data, ort_embed, ort_session, retrieval_metrics
+
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes((tiny_artifact / "model.onnx").read_bytes())
+    data = load_parity_data(
+        synth_data, "auto", TINY_HEIGHT, TINY_WIDTH, max_query=20, max_gallery=60, calibration_images=8, seed=0
+    )
+    session = ort_session(onnx_path, threads=1)
+    fp32 = retrieval_metrics(ort_embed(session, data.query.images), ort_embed(session, data.gallery.images), data)
+    cfg = ExportConfig(threads=1, tolerances=GateTolerances(int8_max_map_drop=max_drop))
+    report = _int8_variant(tmp_path, onnx_path, data, fp32, cfg)
+    shipped = max_drop > 0
+    assert report["shipped"] is shipped and (tmp_path / INT8_FILE).is_file() is shipped
+    assert report["mAP_change"] == pytest.approx(report["int8"]["mAP"] - fp32["mAP"])
+    assert report["speedup"] > 0 and report["latency_ms"]["int8"] > 0
