@@ -122,8 +122,26 @@ def search(index: faiss.Index, xq: np.ndarray, k: int, threads: int) -> tuple[np
     return index.search(xq, k)
 
 
+def gpu_available() -> bool:
+    """faiss built with CUDA (faiss-gpu) and a visible GPU; faiss-cpu has neither."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def to_gpu(index: faiss.Index) -> faiss.Index:
+    """A GPU copy of a Flat or IVF index (ids kept). GPU indexes cannot remove_ids and are not thread-safe
+    even for searches: the gallery uses tombstones and serialises searches for them."""
+    return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+
+
 def to_bytes(index: faiss.Index) -> bytes:
+    if is_on_gpu(index):
+        index = faiss.index_gpu_to_cpu(index)
     return faiss.serialize_index(index).tobytes()
+
+
+def is_on_gpu(index: faiss.Index) -> bool:
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    return type(inner).__name__.startswith("Gpu")
 
 
 def from_bytes(data: bytes) -> faiss.Index:

@@ -67,6 +67,7 @@ class Gallery:
         ef_search: int | None = None,
         threads: int | None = None,
         snapshot_every: int = SNAPSHOT_EVERY,
+        gpu: bool = False,
     ):
         self.path = Path(path)
         self.readonly = readonly
@@ -74,6 +75,8 @@ class Gallery:
         self.ef_search = ef_search
         self.threads = threads or len(os.sched_getaffinity(0))  # for batches above SMALL_BATCH
         self.snapshot_every = snapshot_every
+        self.gpu = gpu  # search Flat and IVF indexes on GPU 0 when faiss-gpu sees one (HNSW stays on the CPU)
+        self._on_gpu = False
         self._store = Store(self.path / DB, readonly)
         self._rw = RWLock()  # guards self._index: many searches or one mutation
         self._write_mutex = threading.Lock()  # one mutation (log + index) at a time
@@ -201,7 +204,11 @@ class Gallery:
 
     def _install(self, index: faiss.Index, trained: bool, last_id: int, last_seq: int) -> None:
         faiss_index.set_search_params(index, self.nprobe, self.ef_search)
+        on_gpu = self.gpu and self._kind.family != "hnsw" and faiss_index.gpu_available()
+        if on_gpu:
+            index = faiss_index.to_gpu(index)
         with self._rw.write():
+            self._on_gpu = on_gpu
             self._index = index
             self._trained = trained
             self._tombstones = set()
@@ -351,7 +358,7 @@ class Gallery:
         return len(removed)
 
     def _remove_from_index(self, ids: list[int]) -> None:
-        if self._kind.can_remove:
+        if self._kind.can_remove and not self._on_gpu:
             self._index.remove_ids(np.asarray(ids, dtype=np.int64))
         else:
             self._tombstones.update(ids)
@@ -386,7 +393,7 @@ class Gallery:
                 self._rebuild(conn)
             finally:
                 conn.execute("COMMIT")
-        with self._rw.read():
+        with self._rw.write() if self._on_gpu else self._rw.read():
             data = faiss_index.to_bytes(self._index)
             ntotal = self._index.ntotal
         name = f"index.{self._next_generation():06d}.faiss"
@@ -452,7 +459,8 @@ class Gallery:
         fetch = min(ntotal, k * (FILTER_OVERFETCH if active else 1) + holes)
         pending = list(range(len(xq)))
         while pending and fetch > 0:
-            with self._rw.read():
+            # GPU indexes are not thread-safe even for searches: those take the exclusive side of the lock.
+            with self._rw.write() if self._on_gpu else self._rw.read():
                 D, I = faiss_index.search(self._index, xq[pending], fetch, self.threads)  # noqa: E741, N806 (faiss vocabulary)
                 ntotal = self._index.ntotal
             found = I[I >= 0]  # faiss pads with -1: never a gallery id
@@ -495,6 +503,7 @@ class Gallery:
             "unsnapshotted": self._dirty,
             "watermark": {"last_id": self._last_id, "last_removal_seq": self._last_seq},
             "readonly": self.readonly,
+            "gpu": self._on_gpu,
             "nprobe": self.nprobe or faiss_index.DEFAULT_NPROBE,
             "ef_search": self.ef_search or faiss_index.DEFAULT_EF_SEARCH,
             "open_seconds": round(self._open_seconds, 4),

@@ -233,3 +233,24 @@ def test_searches_beside_a_writer_thread(gallery):
     writer.join()
     assert errors == []
     assert len(gallery) == 2000 - 38 * 5 and gallery.stats()["ntotal"] == len(gallery)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat"])
+def test_gpu_search_matches_cpu_and_honours_removals(tmp_path, factory):
+    from index.faiss_index import gpu_available
+
+    if not gpu_available():
+        pytest.skip("faiss here is built without CUDA (faiss-cpu); install faiss-gpu to run this")
+    xb = clustered(400, DIM, seed=21)
+    with (
+        Gallery.create(tmp_path / "cpu", model_id=MODEL, dim=DIM, factory=factory, nprobe=4) as cpu,
+        Gallery.create(tmp_path / "gpu", model_id=MODEL, dim=DIM, factory=factory, nprobe=4, gpu=True) as gpu,
+    ):
+        for g in (cpu, gpu):
+            ids = g.add(xb, records(400), model_id=MODEL)
+            g.remove(ids[:10])
+        assert gpu.stats()["gpu"] and not cpu.stats()["gpu"]
+        want = [[h.id for h in row] for row in cpu.search(xb[:20], 10, model_id=MODEL)]
+        assert [[h.id for h in row] for row in gpu.search(xb[:20], 10, model_id=MODEL)] == want
+        assert all(i not in ids[:10] for row in want for i in row)
