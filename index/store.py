@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -31,7 +32,8 @@ CREATE TABLE IF NOT EXISTS items (
     content_hash TEXT,
     metadata TEXT NOT NULL DEFAULT '{}',
     added_at REAL NOT NULL,
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    vector_crc INTEGER NOT NULL  -- crc32 of the blob: SQLite checks pages and structure, not payload bytes
 );
 CREATE INDEX IF NOT EXISTS items_content_hash ON items (content_hash);
 CREATE TABLE IF NOT EXISTS removals (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER NOT NULL);
@@ -138,6 +140,7 @@ class Store:
                 json.dumps(r.metadata or {}, sort_keys=True),
                 now,
                 x.tobytes(),
+                zlib.crc32(x.tobytes()),
             )
             for x, r in zip(xb, records, strict=True)
         ]
@@ -147,7 +150,7 @@ class Store:
             ids = [
                 conn.execute(
                     "INSERT INTO items (person_id, camera_id, captured_at, track_id, source, content_hash,"
-                    " metadata, added_at, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " metadata, added_at, vector, vector_crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 ).lastrowid
                 for row in rows
@@ -214,9 +217,12 @@ class Store:
     def vectors_after(
         self, conn: sqlite3.Connection, after_id: int, dim: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, xb) chunks of the live rows with id > after_id, in id order."""
-        cursor = conn.execute("SELECT id, vector FROM items WHERE id > ? ORDER BY id", (after_id,))
+        """(ids, xb) chunks of the live rows with id > after_id, in id order; each blob checked against its crc32."""
+        cursor = conn.execute("SELECT id, vector, vector_crc FROM items WHERE id > ? ORDER BY id", (after_id,))
         while rows := cursor.fetchmany(FETCH_ROWS):
+            for rid, blob, crc in rows:
+                if zlib.crc32(blob) != crc:
+                    raise CorruptGallery(f"gallery database {self.path}: the vector of id {rid} is corrupt (crc32)")
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             blobs = b"".join(r[1] for r in rows)
             if len(blobs) != len(rows) * dim * 4:

@@ -159,6 +159,19 @@ def test_corrupt_log_is_refused(saved, damage):
         Gallery.open(path)
 
 
+def test_flipped_vector_byte_in_the_log_is_refused_when_read(saved):
+    path, xb, _ = saved
+    db = path / "gallery.sqlite"
+    data = bytearray(db.read_bytes())
+    at = bytes(data).find(xb[100].tobytes())  # the stored blob of id 101, byte for byte
+    assert at > 0
+    data[at + 17] ^= 0x01
+    db.write_bytes(bytes(data))
+    snapshot_file(path).unlink()  # force a rebuild, which reads every vector
+    with pytest.raises(CorruptGallery, match="id 101"):
+        Gallery.open(path)
+
+
 def test_writer_lock_across_processes(saved):
     path, _, _ = saved
     code = "import sys; from index.gallery import Gallery; Gallery.open(sys.argv[1]).close()"
