@@ -196,9 +196,14 @@ class Gallery:
             index = faiss_index.from_bytes(data)
         except RuntimeError as exc:
             raise SnapshotError(f"snapshot {manifest.index_file} does not load ({exc})") from None
-        if index.d != self.dim or index.ntotal != manifest.counts.get("ntotal"):
+        try:
+            ntotal, last_id = int(manifest.counts["ntotal"]), int(manifest.watermark["last_id"])
+            last_seq = int(manifest.watermark["last_removal_seq"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"manifest counts or watermark are malformed ({exc!r})") from None
+        if index.d != self.dim or index.ntotal != ntotal:
             raise SnapshotError(f"snapshot {manifest.index_file} disagrees with the manifest")
-        self._install(index, manifest.trained, manifest.watermark["last_id"], manifest.watermark["last_removal_seq"])
+        self._install(index, bool(manifest.trained), last_id, last_seq)
         self._catch_up(conn)
         self._check_consistent(conn)
 
