@@ -63,19 +63,17 @@ def _fix_io_shapes(model: onnx.ModelProto, spec: ModelSpec) -> None:
 
 def _only_cast_reads_input(model: onnx.ModelProto) -> None:
     """Let the uint8 input feed nothing but its Cast: the exporter also takes its Shape for the batch size, and
-    TensorRT accepts a uint8 network input only when a cast consumes it. The Cast output has the same shape."""
-    casts = [n for n in model.graph.node if n.op_type == "Cast" and list(n.input) == [INPUT_NAME]]
-    if len(casts) != 1:
-        raise ValueError(f"expected one Cast of {INPUT_NAME!r} in the exported graph, found {len(casts)}")
-    cast_output = casts[0].output[0]
-    for node in model.graph.node:
-        if node is casts[0] or INPUT_NAME not in node.input:
-            continue
-        if node.op_type != "Shape":
-            raise ValueError(f"{node.op_type} node {node.name!r} reads the uint8 input directly")
-        node.input[0] = cast_output
-    # Topological order: the Shape nodes now need the Cast first.
-    nodes = sorted(model.graph.node, key=lambda n: n is not casts[0])
+    TensorRT accepts a uint8 network input only when a cast consumes it. The Cast output has the same shape.
+    A graph of another form is left as it is (TensorRT then names the problem itself)."""
+    readers = [n for n in model.graph.node if INPUT_NAME in n.input]
+    casts = [n for n in readers if n.op_type == "Cast"]
+    if len(casts) != 1 or any(n.op_type != "Shape" for n in readers if n is not casts[0]):
+        return
+    cast = casts[0]
+    for node in readers:
+        if node is not cast:
+            node.input[0] = cast.output[0]
+    nodes = sorted(model.graph.node, key=lambda n: n is not cast)  # the Shape nodes now need the Cast first
     del model.graph.node[:]
     model.graph.node.extend(nodes)
 

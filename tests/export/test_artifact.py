@@ -6,6 +6,7 @@ import shutil
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -66,6 +67,12 @@ def test_onnx_interface_is_uint8_nhwc_in_float_embeddings_out_with_dynamic_batch
     for n in (1, 3):
         part = session.run(None, {"images": images[:n]})[0]
         np.testing.assert_allclose(part, whole[:n], atol=1e-5)
+
+
+def test_only_a_cast_reads_the_uint8_input(tiny_artifact):
+    """TensorRT takes a uint8 network input only when a cast consumes it."""
+    graph = onnx.load(str(tiny_artifact / "model.onnx"), load_external_data=False).graph
+    assert [n.op_type for n in graph.node if "images" in n.input] == ["Cast"]
 
 
 def _png(rgb: np.ndarray) -> bytes:
