@@ -91,7 +91,8 @@ def summary(artifact: Path, report: dict) -> str:
     int8 = report["int8"]
     if int8.get("enabled"):
         lines.append(
-            f"  int8: speed-up x{int8['speedup']:.2f}, mAP change {int8['mAP_change']:+.4f} -> {int8['decision']}"
+            f"  int8: speed-up x{int8['speedup']:.2f} (batch {int8['latency_ms']['batch']}), "
+            f"x{int8['speedup_batch1']:.2f} (batch 1), mAP change {int8['mAP_change']:+.4f} -> {int8['decision']}"
         )
     fp16 = report["fp16"]
     if fp16.get("enabled"):

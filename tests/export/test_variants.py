@@ -82,4 +82,4 @@ def test_int8_file_is_kept_only_when_the_rule_ships_it(tiny_artifact, synth_data
     shipped = max_drop > 0
     assert report["shipped"] is shipped and (tmp_path / INT8_FILE).is_file() is shipped
     assert report["mAP_change"] == pytest.approx(report["int8"]["mAP"] - fp32["mAP"])
-    assert report["speedup"] > 0 and report["latency_ms"]["int8"] > 0
+    assert report["speedup"] > 0 and report["speedup_batch1"] > 0 and report["latency_ms"]["int8"] > 0
