@@ -219,9 +219,9 @@ def caller_role(
     if given is None:
         raise APIError(401, "unauthorized", "an API key is required (X-API-Key or Authorization: Bearer)", CHALLENGE)
     candidate = given.encode("utf-8", "surrogateescape")
-    if _matches(candidate, s.api_keys):
+    if _matches(candidate, s.admin_keys):
         return Role.admin
-    if _matches(candidate, s.read_api_keys):
+    if _matches(candidate, s.read_keys):
         return Role.reader
     raise APIError(401, "unauthorized", "the API key is not valid", CHALLENGE)
 

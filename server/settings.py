@@ -48,11 +48,11 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=0)
 
     # Auth: with no keys configured the API is open. Admin keys may mutate the gallery; read keys may only read.
-    api_keys: CommaList = []
-    read_api_keys: CommaList = []
+    admin_keys: CommaList = []
+    read_keys: CommaList = []
     cors_origins: CommaList = []  # CORS is off unless origins are listed
 
-    @field_validator("api_keys", "read_api_keys", "cors_origins", mode="before")
+    @field_validator("admin_keys", "read_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -71,7 +71,7 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.api_keys or self.read_api_keys)
+        return bool(self.admin_keys or self.read_keys)
 
     @property
     def triton_model_name(self) -> str | None:

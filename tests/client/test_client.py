@@ -144,8 +144,8 @@ def server_url(tiny_artifact, tmp_path_factory):
         backend="onnx",
         artifact=tiny_artifact,
         gallery_dir=tmp_path_factory.mktemp("client") / "gallery",
-        api_keys=ADMIN,
-        read_api_keys=READER,
+        admin_keys=ADMIN,
+        read_keys=READER,
         _env_file=None,
     )
     with LiveServer(settings) as url:

@@ -46,8 +46,8 @@ def api(request, tiny_artifact, synth_data, tmp_path_factory) -> Api:
     tmp = tmp_path_factory.mktemp(f"api-{request.param}")
     common = {
         "gallery_dir": tmp / "gallery",
-        "api_keys": ADMIN,
-        "read_api_keys": READER,
+        "admin_keys": ADMIN,
+        "read_keys": READER,
         "max_upload_bytes": MAX_UPLOAD,
         "_env_file": None,
     }

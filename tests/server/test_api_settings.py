@@ -20,11 +20,11 @@ def test_backend_follows_the_triton_url(monkeypatch):
 
 
 def test_lists_are_comma_separated_and_limits_are_checked(monkeypatch):
-    monkeypatch.setenv("REID_API_KEYS", "a1, a2,")
-    monkeypatch.setenv("REID_READ_API_KEYS", "r1")
+    monkeypatch.setenv("REID_ADMIN_KEYS", "a1, a2,")
+    monkeypatch.setenv("REID_READ_KEYS", "r1")
     monkeypatch.setenv("REID_CORS_ORIGINS", "https://a.example,https://b.example")
     s = Settings(_env_file=None)
-    assert s.api_keys == ["a1", "a2"] and s.read_api_keys == ["r1"] and s.auth_enabled
+    assert s.admin_keys == ["a1", "a2"] and s.read_keys == ["r1"] and s.auth_enabled
     assert s.cors_origins == ["https://a.example", "https://b.example"]
     monkeypatch.setenv("REID_MAX_TOP_K", "101")
     with pytest.raises(ValidationError):
@@ -32,7 +32,7 @@ def test_lists_are_comma_separated_and_limits_are_checked(monkeypatch):
 
 
 def test_defaults_are_open_and_bounded(monkeypatch):
-    for name in ("REID_API_KEYS", "REID_READ_API_KEYS", "REID_CORS_ORIGINS"):
+    for name in ("REID_ADMIN_KEYS", "REID_READ_KEYS", "REID_CORS_ORIGINS"):
         monkeypatch.delenv(name, raising=False)
     s = Settings(_env_file=None)
     assert not s.auth_enabled and s.cors_origins == []
