@@ -94,17 +94,27 @@ def empty_index(kind: IndexKind, dim: int) -> faiss.Index:
     return faiss.IndexIDMap2(inner)
 
 
-def build_index(kind: IndexKind, dim: int, xb: np.ndarray, ids: np.ndarray) -> tuple[faiss.Index, bool]:
-    """An index of ``kind`` holding (xb, ids); exact if there are too few vectors to train. Returns (index, trained)."""
-    if kind.needs_training and len(xb) < kind.min_train_size:
+def build_index(
+    kind: IndexKind, dim: int, xb: np.ndarray, ids: np.ndarray, trained_empty: faiss.Index | None = None
+) -> tuple[faiss.Index, bool, bytes | None]:
+    """An index of ``kind`` holding (xb, ids); exact if there are too few vectors to train.
+
+    ``trained_empty`` (an earlier training of this gallery, still empty) skips training. Returns (index, trained,
+    the serialised trained-but-empty index when training ran here, else None) so the caller can keep it.
+    """
+    fresh = None
+    if trained_empty is not None:
+        index, trained = trained_empty, True
+    elif kind.needs_training and len(xb) < kind.min_train_size:
         index, trained = exact_index(dim), False
     else:
         index, trained = empty_index(kind, dim), True
         if kind.needs_training:
             index.train(xb)
+            fresh = to_bytes(index)
     if len(xb):
         index.add_with_ids(xb, ids)
-    return index, trained
+    return index, trained, fresh
 
 
 def set_search_params(index: faiss.Index, nprobe: int | None, ef_search: int | None) -> None:

@@ -3,6 +3,7 @@
     gallery.sqlite       vectors (float32 blobs) + metadata, committed before an add returns (the log of record)
     index.NNNNNN.faiss   the faiss index as of the manifest's watermark, written atomically
     manifest.json        model_id, dim, metric, factory, counts, sha256 of the snapshot, watermark, self-checksum
+    trained.faiss        the IVF index as trained, still empty (sha256 in the log): a rebuild reuses it, no retraining
     gallery.lock         fcntl lock held by the one writer process
 
 Opening verifies the manifest and snapshot checksums, catches the snapshot up from the log (rows after the
@@ -49,6 +50,8 @@ __all__ = [
 
 DB = "gallery.sqlite"
 LOCK = "gallery.lock"
+TRAINED = "trained.faiss"
+TRAINED_KEY = "trained_sha256"  # in the log's settings, so a rebuild can trust trained.faiss without the manifest
 METRIC = "inner_product"
 INDEX_FILE = re.compile(r"index\.(\d{6})\.faiss")
 FILTER_OVERFETCH = 4  # first fetch is k * this when filters are given; every widening multiplies it again
@@ -249,11 +252,32 @@ class Gallery:
         chunks = list(self._store.vectors_after(conn, 0, self.dim))
         ids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, dtype=np.int64)
         xb = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0, self.dim), dtype=np.float32)
-        index, trained = faiss_index.build_index(self._kind, self.dim, xb, ids)
+        trained_empty = self._trained_empty(conn) if self._kind.needs_training else None
+        index, trained, fresh = faiss_index.build_index(self._kind, self.dim, xb, ids, trained_empty)
+        if fresh is not None and not self.readonly:
+            write_atomic(self.path / TRAINED, fresh)
+            self._store.set_setting(TRAINED_KEY, sha256(fresh))
         last_id, last_seq = self._store.log_position(conn)
         self._install(index, trained, last_id, last_seq)
         self._count = len(ids)
         self._dirty += 1
+
+    def _trained_empty(self, conn) -> faiss.Index | None:
+        """The gallery's earlier IVF training, if it was saved and verifies; None means train again."""
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (TRAINED_KEY,)).fetchone()
+        if row is None:
+            return None
+        try:
+            data = (self.path / TRAINED).read_bytes()
+            if sha256(data) != row[0]:
+                raise ValueError("checksum mismatch")
+            index = faiss_index.from_bytes(data)
+            if index.d != self.dim or index.ntotal != 0 or not index.is_trained:
+                raise ValueError("not an empty trained index of this dimension")
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._recovered.append(f"{TRAINED} unusable ({exc}); trained again from the log")
+            return None
+        return index
 
     def refresh(self) -> int:
         """Catch up with rows another process wrote since this gallery was opened (read-only galleries)."""

@@ -114,6 +114,12 @@ class Store:
         conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", settings.items())
         conn.execute("COMMIT")
 
+    def set_setting(self, key: str, value: str) -> None:
+        conn = self.writer
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        conn.execute("COMMIT")
+
     def check(self) -> dict[str, str]:
         """Integrity check (pages and structure) and the settings; CorruptGallery if either fails."""
         conn = self.reader()

@@ -182,3 +182,30 @@ def test_writer_lock_across_processes(saved):
             assert len(reader) == 197
     with pytest.raises(GalleryLocked), Gallery.open(path), Gallery.open(path):
         pass
+
+
+def test_ivf_recovery_reuses_the_saved_training(tmp_path, monkeypatch):
+    import faiss
+
+    path = tmp_path / "g"
+    xb = clustered(400, DIM, seed=3)
+    with Gallery.create(path, model_id=MODEL, dim=DIM, factory="IVF4,Flat") as g:
+        g.add(xb, [Record()] * 400, model_id=MODEL)
+        assert g.stats()["trained"]
+        expected = [[h.id for h in row] for row in g.search(xb[:5], 10, model_id=MODEL)]
+    snapshot_file(path).unlink()
+
+    def no_training(self, x):
+        raise AssertionError("the rebuild trained again")
+
+    with monkeypatch.context() as m:
+        m.setattr(faiss.IndexIVFFlat, "train", no_training)
+        with Gallery.open(path) as g:  # rebuilt from the log on the saved training
+            assert g.stats()["recovered"] and g.stats()["trained"] and len(g) == 400
+            assert [[h.id for h in row] for row in g.search(xb[:5], 10, model_id=MODEL)] == expected
+
+    flip_byte(path / "trained.faiss", 100)  # a corrupt training is not trusted: trained again
+    snapshot_file(path).unlink()
+    with Gallery.open(path) as g:
+        assert any("trained.faiss unusable" in r for r in g.stats()["recovered"])
+        assert g.stats()["trained"] and len(g) == 400
