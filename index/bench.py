@@ -105,7 +105,7 @@ def bench_factory(folder: Path, factory: str, xb: np.ndarray, xq: np.ndarray, tr
         "open_s": round(open_s, 3),
         "recovery_s": round(recovery_s, 3),
     }
-    print(json.dumps(result), flush=True)  # noqa: T201 (the benchmark reports on stdout)
+    print(json.dumps(result), flush=True)
     return result
 
 
@@ -124,7 +124,7 @@ def bench_threads(n: int = 10_000, dim: int = 512, queries: int = 200) -> dict:
             "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 3),
         }
     faiss.omp_set_num_threads(1)
-    print(json.dumps({"threads": out}), flush=True)  # noqa: T201 (the benchmark reports on stdout)
+    print(json.dumps({"threads": out}), flush=True)
     return {"n": n, "dim": dim, "k": K, **out}
 
 
@@ -162,7 +162,7 @@ def bench_bulk(artifact: Path, images: Path, folder: Path) -> dict:
             await embedder.close()
 
     result = asyncio.run(run())
-    print(json.dumps({"bulk": result}), flush=True)  # noqa: T201 (the benchmark reports on stdout)
+    print(json.dumps({"bulk": result}), flush=True)
     return result
 
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")  # noqa: T201 (the benchmark reports on stdout)
+    print(f"wrote {args.out}")
     return 0
 
 
