@@ -19,7 +19,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint format test test-gpu data train evaluate export triton serve index bench viz demo clean
+.PHONY: help setup lint format test test-gpu data baseline train evaluate export triton serve index bench viz demo clean
 
 help: ## list the targets, one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,6 +53,9 @@ data: setup ## generate the synthetic Market-1501-layout data set in DATA
 train: setup ## train APNet with CONFIG on DATA into CKPT
 	$(PY) -m training.train --config $(CONFIG) data_root=$(DATA) out_dir=$(CKPT)
 
+baseline: setup ## the colour-histogram baseline on DATA (what a trained model must beat)
+	$(PY) -m training.baseline $(DATA)
+
 evaluate: setup ## evaluate CKPT on DATA (rank-1/5/10, mAP, mINP)
 	$(PY) -m training.evaluate $(CKPT) --data $(DATA)
 
@@ -68,8 +71,11 @@ serve: setup ## start the API on HOST:PORT with ARTIFACT and GALLERY_DIR (embedd
 index: setup ## bulk-index the crops in GALLERY into GALLERY_DIR with ARTIFACT
 	$(PY) -m index.bulk $(GALLERY) --gallery $(GALLERY_DIR) --artifact $(ARTIFACT)
 
-bench: setup ## latency and throughput benchmarks (embedders, index, API); results in bench/
-	$(PY) -m client.bench --artifact $(ARTIFACT) --out bench
+bench: setup ## benchmarks of ARTIFACT: embedders, faiss index types, bulk indexing, HTTP search; JSON in bench/
+	$(PY) -m server.bench --artifact $(ARTIFACT) --out bench/embedders.json
+	$(PY) -m index.bench --sizes 10000 --dim 2048 --out bench/index.json
+	$(PY) -m index.bench --sizes 0 --artifact $(ARTIFACT) --images $(GALLERY) --out bench/bulk.json
+	$(PY) -m client.bench --artifact $(ARTIFACT) --backend both --images $(DATA)/query --fill $(GALLERY) --concurrency 1,8 --out bench
 
 viz: setup ## attention maps (Grad-CAM) of CKPT on a few query images
 	$(PY) -m training.viz $(CKPT) --data $(DATA) --out runs/viz
