@@ -51,6 +51,7 @@ class TrainConfig:
     out_dir: str = "checkpoints/apnet"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU threads of torch; 0: torch's default (one per core)
     amp: bool = True  # mixed precision, CUDA only
     iters_per_epoch: int = 0  # 0: one pass over the P x K plan; > 0 caps it (smoke tests)
     save_every: int = 10  # epochs between resumable train states

@@ -162,6 +162,8 @@ def train(cfg: TrainConfig) -> Path:
     """Train, evaluate on query/gallery and write the checkpoint folder ``cfg.out_dir``; returns it."""
     rank, world_size, local_rank = setup_distributed()
     device = pick_device(cfg.device, local_rank)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     amp = cfg.amp and device.type == "cuda"
     if cfg.ids_per_batch % world_size:
         raise ValueError(f"ids_per_batch {cfg.ids_per_batch} must divide by the {world_size} processes")

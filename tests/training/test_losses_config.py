@@ -1,11 +1,15 @@
 """Losses, the learning-rate schedule and the typed config."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from training.config import TrainConfig, load_config
 from training.losses import CenterLoss, ReIDLoss, batch_hard_triplet_loss
 from training.train import lr_at
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_batch_hard_triplet_matches_a_brute_force_reference():
@@ -61,7 +65,7 @@ def test_config_defaults_are_the_seed_recipe():
     cfg = TrainConfig()
     assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.milestones) == (4e-4, 1e-3, 160, [40, 80, 120])
     assert (cfg.ids_per_batch * cfg.images_per_id, cfg.height, cfg.width) == (80, 384, 192)
-    assert (cfg.backbone, cfg.level, cfg.warmup_epochs, cfg.warmup_factor) == ("resnet50", 2, 10, 0.01)
+    assert (cfg.backbone, cfg.level, cfg.warmup_epochs, cfg.warmup_factor, cfg.threads) == ("resnet50", 2, 10, 0.01, 0)
 
 
 def test_yaml_then_overrides_with_types(tmp_path):
@@ -77,3 +81,11 @@ def test_yaml_then_overrides_with_types(tmp_path):
         load_config(None, ["height=tall"])
     with pytest.raises(ValueError, match="not key=value"):
         load_config(None, ["epochs"])
+
+
+@pytest.mark.parametrize("name", ["demo", "market1501", "duke", "msmt17"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", ["data_root=elsewhere"])
+    assert cfg.data_root == "elsewhere" and cfg.backbone in ("resnet18", "resnet50")
+    if name != "demo":
+        assert (cfg.dataset, cfg.epochs, cfg.lr, cfg.height, cfg.width) == (name, 160, 4e-4, 384, 192)
