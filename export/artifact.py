@@ -67,6 +67,7 @@ def build_artifact(checkpoint_dir: str | Path, out_dir: str | Path, cfg: ExportC
     started = time.perf_counter()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    build.chmod(0o755)  # mkdtemp makes it private; the artifact is read by servers running as other users
     try:
         with _torch_threads(cfg.threads):
             report = _build(checkpoint_dir, build, name, cfg)

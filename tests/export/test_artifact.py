@@ -38,6 +38,7 @@ def test_artifact_holds_every_file_and_triton_serves_the_same_model(tiny_artifac
     served = tiny_artifact / "model_repository" / TINY_NAME / "1" / "model.onnx"
     assert served.read_bytes() == (tiny_artifact / "model.onnx").read_bytes()
     assert not (tiny_artifact / "model.int8.onnx").exists()  # the fixture turns INT8 off
+    assert tiny_artifact.stat().st_mode & 0o055 == 0o055  # readable by a Triton container's user
     report = json.loads((tiny_artifact / REPORT_FILE).read_text())
     assert report["fp16"]["shipped"] == (tiny_artifact / "model.fp16.onnx").is_file()
 
