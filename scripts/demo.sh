@@ -40,7 +40,8 @@ step "5/5 serve on 127.0.0.1:$PORT and search with a query crop"
 REID_ARTIFACT="$ARTIFACT" REID_GALLERY_DIR="$GALLERY_DIR" \
   .venv/bin/uvicorn server.main:app --host 127.0.0.1 --port "$PORT" --log-level warning &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+stop_server() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+trap stop_server EXIT
 for _ in $(seq 120); do
   curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
   kill -0 $server 2>/dev/null || { echo "the server exited" >&2; exit 1; }
@@ -50,3 +51,6 @@ query=$(ls "$DATA"/query/*.jpg | head -n 1)
 echo "query: $query (person $(basename "$query" | cut -c1-4))"
 .venv/bin/reid --url "http://127.0.0.1:$PORT" search "$query" -k 5
 .venv/bin/reid --url "http://127.0.0.1:$PORT" stats
+stop_server
+trap - EXIT
+echo "demo: done"

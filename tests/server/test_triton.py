@@ -45,7 +45,14 @@ def test_concurrent_requests_are_batched_by_triton_and_answered_per_caller(local
             images = images_for(triton.spec, 16, seed=4)
             before = (await triton.statistics())["model_stats"][0]
             results = await asyncio.gather(*(triton.embed(images[i : i + 1]) for i in range(16)))
-            after = (await triton.statistics())["model_stats"][0]
+            # Triton records a request's statistics when it releases the request, which can be just after the
+            # response reached us: wait (bounded) for all 16 to be counted before comparing.
+            expected = int(before.get("inference_count", 0)) + 16
+            for _ in range(100):
+                after = (await triton.statistics())["model_stats"][0]
+                if int(after.get("inference_count", 0)) >= expected:
+                    break
+                await asyncio.sleep(0.05)
             return results, await onnx_reference(tiny_artifact, images), before, after
 
     results, reference, before, after = asyncio.run(scenario())
