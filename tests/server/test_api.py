@@ -28,7 +28,7 @@ class Api:
     url: str
     client: httpx.Client  # sends the admin key
     gallery: list[tuple[int, Path, str]]  # (gallery id, file, person id)
-    held_out: list[tuple[Path, str]]  # query crops of gallery people, never added
+    held_out: list[tuple[Path, str]]  # crops of gallery people never added to the gallery
     tmp: Path
 
 
@@ -67,7 +67,10 @@ def api(request, tiny_artifact, synth_data, tmp_path_factory) -> Api:
             r = client.post("/v1/gallery", files=files, data={"person_id": person, "camera_id": cameras})
             assert r.status_code == 201, r.text
             gallery += [(gid, p, person) for gid, p in zip(r.json()["ids"], chosen, strict=True)]
-        held_out = [(q, person) for person in people for q in queries.get(person, [])]
+        # Crops of the gallery people that were never added: their query crops and their other gallery crops.
+        held_out = [
+            (q, person) for person, paths in people.items() for q in queries.get(person, []) + paths[PER_IDENTITY:]
+        ]
         yield Api(url, client, gallery, held_out, tmp)
 
 
@@ -114,14 +117,19 @@ def test_search_answer_shape_and_filters(api):
 
 
 def test_held_out_images_of_gallery_people(api):
-    """Queries never added to the gallery. The tiny model is random-init, so the right person first is not
-    expected of it: assert only that every answer is well formed and the verdict follows the threshold."""
+    """Crops never added to the gallery (other cameras and views). The tiny model was trained on these people's
+    bounding_box_test crops, never on their query crops (tests/fixtures/artifact.py), so their own person must come
+    first for most of them: far above what an untrained model, which retrieves only near-copies, manages."""
     assert api.held_out, "the synthetic set has no query crops of the gallery people"
-    for path, _person in api.held_out:
+    first = []
+    for path, person in api.held_out:
         body = search(api, path.read_bytes(), top_k="10")
         assert len(body["hits"]) == 10
         best = body["identities"][0]["score"]
         assert body["verdict"] == ("match" if best >= TINY_THRESHOLD["score"] else "unknown")
+        first.append(body["identities"][0]["person_id"] == person)
+    print(f"held-out queries with their own person first: {sum(first)}/{len(first)}")
+    assert sum(first) / len(first) >= 0.8  # measured: 18/19 trained, 11/19 untrained
 
 
 def _reencoded(path: Path, how: str) -> bytes:

@@ -39,20 +39,24 @@ def test_triton_and_onnx_runtime_give_the_same_embeddings(local_triton, tiny_art
     np.testing.assert_allclose(served, reference, atol=1e-5, rtol=0)
 
 
+async def settled_statistics(embedder: TritonEmbedder, inferences: int) -> dict:
+    """The model's statistics once Triton has counted ``inferences`` requests (bounded wait). Triton records a
+    request when it releases it, which can be just after the response reached the caller."""
+    for _ in range(100):
+        stats = (await embedder.statistics())["model_stats"][0]
+        if int(stats.get("inference_count", 0)) >= inferences:
+            break
+        await asyncio.sleep(0.05)
+    return stats
+
+
 def test_concurrent_requests_are_batched_by_triton_and_answered_per_caller(local_triton, tiny_artifact):
     async def scenario():
         async with TritonEmbedder(local_triton.url_grpc, local_triton.model_name) as triton:
             images = images_for(triton.spec, 16, seed=4)
             before = (await triton.statistics())["model_stats"][0]
             results = await asyncio.gather(*(triton.embed(images[i : i + 1]) for i in range(16)))
-            # Triton records a request's statistics when it releases the request, which can be just after the
-            # response reached us: wait (bounded) for all 16 to be counted before comparing.
-            expected = int(before.get("inference_count", 0)) + 16
-            for _ in range(100):
-                after = (await triton.statistics())["model_stats"][0]
-                if int(after.get("inference_count", 0)) >= expected:
-                    break
-                await asyncio.sleep(0.05)
+            after = await settled_statistics(triton, int(before.get("inference_count", 0)) + 16)
             return results, await onnx_reference(tiny_artifact, images), before, after
 
     results, reference, before, after = asyncio.run(scenario())
@@ -114,7 +118,7 @@ def test_batches_above_the_max_batch_size_are_split(toy_triton):
     async def scenario():
         async with TritonEmbedder(toy_triton.url_grpc, "max2") as embedder:
             out = await embedder.embed(images_for(embedder.spec, 5))  # Triton refuses any request above 2
-            return embedder.max_batch, out, (await embedder.statistics())["model_stats"][0]
+            return embedder.max_batch, out, await settled_statistics(embedder, 5)
 
     max_batch, out, stats = asyncio.run(scenario())
     assert max_batch == 2 and out.shape == (5, 16)
