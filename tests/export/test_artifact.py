@@ -143,12 +143,13 @@ def test_wrong_preprocessing_fails_the_gate_and_leaves_the_old_artifact(
     assert sorted(p.name for p in tmp_path.iterdir()) == [TINY_NAME]  # no half-built folder left beside it
 
 
-def test_gate_data_comes_from_the_checkpoint_else_a_synthetic_set(tiny_artifact, synth_data, tmp_path):
+def test_gate_data_comes_from_the_checkpoint_else_a_synthetic_set(tiny_artifact, tiny_checkpoint, tmp_path):
     from export.artifact import _parity_root
     from training.data import read_dataset
 
     report = json.loads((tiny_artifact / REPORT_FILE).read_text())
-    assert report["gate"]["data_source"] == "checkpoint" and report["gate"]["data_root"] == str(synth_data)
+    trained_on = json.loads((tiny_checkpoint / "meta.json").read_text())["train"]["data_root"]
+    assert report["gate"]["data_source"] == "checkpoint" and report["gate"]["data_root"] == trained_on
     spec = ModelSpec.from_json((tiny_artifact / "spec.json").read_text())
     meta = {"train": {"data_root": str(tmp_path / "moved-away")}}
     with _parity_root(ExportConfig(), meta, spec) as (root, dataset, source):

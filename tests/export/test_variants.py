@@ -21,8 +21,12 @@ def _cosines(a, b):
 
 
 @pytest.fixture(scope="module")
-def images():
-    return np.random.default_rng(3).integers(0, 256, (8, TINY_HEIGHT, TINY_WIDTH, 3), dtype=np.uint8)
+def images(synth_data):
+    """Eight person crops as the server feeds them: INT8 ranges are calibrated on, and judged by, real inputs."""
+    from server.imaging import load_image
+
+    crops = sorted((synth_data / "bounding_box_test").glob("*.jpg"))[:8]
+    return np.stack([load_image(str(p), TINY_HEIGHT, TINY_WIDTH) for p in crops])
 
 
 @pytest.mark.parametrize(
