@@ -26,7 +26,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -324,13 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    stop = threading.Event()
+    # A plain flag, not a threading.Event: the handler runs on the main thread, possibly while Event.wait holds the
+    # Event's lock, and Event.set would then wait on that lock forever.
+    stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     log_file = args.log_file or Path("runs/triton") / f"{args.artifact.name}.log"
     with LocalTriton(args.artifact, args.http_port, args.grpc_port, args.metrics_port, log_file=log_file) as triton:
         log.info("READY grpc=%s http=%s models=%s", triton.url_grpc, triton.url_http, ",".join(triton.model_names))
-        while not stop.wait(1.0):
+        while not stopping:
+            time.sleep(0.2)
             if not triton.alive():
                 log.error("tritonserver died; see %s", log_file)
                 return 1
