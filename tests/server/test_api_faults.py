@@ -14,6 +14,7 @@ from PIL import Image
 
 from index.gallery import Gallery
 from tests.client.live import FAKE_SPEC, FakeEmbedder, LiveServer, gallery_settings, person_crops
+from tests.server.mutations import mutated
 
 CROPS = person_crops(6, seed=1)
 
@@ -186,21 +187,6 @@ def test_cors_is_off_unless_origins_are_configured(tmp_path):
         assert "access-control-allow-origin" not in evil.headers
 
 
-@st.composite
-def mutated_uploads(draw):
-    data = bytearray(draw(st.sampled_from(CROPS[:3] + [_jpeg(CROPS[0])])))
-    for _ in range(draw(st.integers(1, 4))):
-        pos = draw(st.integers(0, len(data)))
-        kind = draw(st.sampled_from(["flip", "cut", "insert"]))
-        if kind == "flip" and pos < len(data):
-            data[pos] = draw(st.integers(0, 255))
-        elif kind == "cut":
-            data = data[:pos]
-        else:
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-    return bytes(data)
-
-
 def _jpeg(png: bytes) -> bytes:
     buf = io.BytesIO()
     Image.open(io.BytesIO(png)).save(buf, "JPEG")
@@ -211,7 +197,7 @@ def test_random_and_mutated_uploads_never_get_a_500(served):
     _, client = served
 
     @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(data=st.one_of(st.binary(max_size=256), mutated_uploads()))
+    @given(data=st.one_of(st.binary(max_size=256), mutated(CROPS[:3] + [_jpeg(CROPS[0])], max_edits=4, max_insert=8)))
     def upload(data):
         r = client.post("/v1/embed", files={"image": ("x.jpg", data, "image/jpeg")})
         assert r.status_code in (200, 400, 415, 422), r.text

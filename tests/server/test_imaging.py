@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from server.imaging import ALPHA_BACKGROUND, ImageError, ImageLimits, decode_image, load_image, resize
+from tests.server.mutations import mutated
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (40, 24, 3), dtype=np.uint8)  # tall and not square, so a wrong turn shows
@@ -133,23 +134,8 @@ SEEDS = [
 ]
 
 
-@st.composite
-def mutated_images(draw):
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 6))):
-        kind = draw(st.sampled_from(["flip", "cut", "insert"]))
-        pos = draw(st.integers(0, len(data)))
-        if kind == "flip" and pos < len(data):
-            data[pos] = draw(st.integers(0, 255))
-        elif kind == "cut":
-            data = data[:pos]
-        else:
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
-    return bytes(data)
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(st.binary(max_size=512), mutated_images()))
+@given(st.one_of(st.binary(max_size=512), mutated(SEEDS)))
 def test_any_bytes_decode_or_raise_a_client_error(data):
     try:
         rgb = decode_image(data)
