@@ -33,9 +33,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP) ## create .venv and install the project with the dev extra (quick when done)
 
-lint: setup ## ruff check and ruff format --check
+lint: setup ## ruff check, ruff format --check, and the import contracts (lint-imports)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: setup ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
@@ -63,18 +64,18 @@ export: setup ## export CKPT to ARTIFACT (ONNX, spec, Triton model repository)
 	$(PY) -m export $(CKPT) --out $(ARTIFACT)
 
 triton: setup ## start a local Triton Inference Server hosting ARTIFACT
-	$(PY) -m server.triton --artifact $(ARTIFACT)
+	$(PY) -m embedders.local_triton --artifact $(ARTIFACT)
 
 serve: setup ## start the API on HOST:PORT with ARTIFACT and GALLERY_DIR (embedded ONNX Runtime)
 	REID_ARTIFACT=$(ARTIFACT) REID_GALLERY_DIR=$(GALLERY_DIR) $(VENV)/bin/uvicorn server.main:app --host $(HOST) --port $(PORT)
 
 index: setup ## bulk-index the crops in GALLERY into GALLERY_DIR with ARTIFACT
-	$(PY) -m index.bulk $(GALLERY) --gallery $(GALLERY_DIR) --artifact $(ARTIFACT)
+	$(PY) -m ingestion.bulk $(GALLERY) --gallery $(GALLERY_DIR) --artifact $(ARTIFACT)
 
 bench: setup ## benchmarks of ARTIFACT: embedders, faiss index types, bulk indexing, HTTP search; JSON in bench/
-	$(PY) -m server.bench --artifact $(ARTIFACT) --out bench/embedders.json
+	$(PY) -m embedders.bench --artifact $(ARTIFACT) --out bench/embedders.json
 	$(PY) -m index.bench --sizes 10000 --dim 2048 --out bench/index.json
-	$(PY) -m index.bench --sizes 0 --artifact $(ARTIFACT) --images $(GALLERY) --out bench/bulk.json
+	$(PY) -m ingestion.bench --artifact $(ARTIFACT) --images $(GALLERY) --out bench/bulk.json
 	$(PY) -m client.bench --artifact $(ARTIFACT) --backend both --images $(DATA)/query --fill $(GALLERY) --concurrency 1,8 --out bench
 
 viz: setup ## attention maps (Grad-CAM) of CKPT on a few query images

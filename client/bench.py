@@ -24,12 +24,11 @@ import numpy as np
 from client.api import AsyncReIDClient, ReIDClient
 from client.errors import ReIDError
 from client.launch import free_port, serve
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+from formats.names import is_image_file
 
 
 def load_images(folder: Path, limit: int) -> list[bytes]:
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    paths = sorted(p for p in folder.rglob("*") if is_image_file(p))[:limit]
     if not paths:
         raise ValueError(f"no JPEG/PNG/WEBP images under {folder}")
     return [p.read_bytes() for p in paths]

@@ -1,7 +1,7 @@
 """The `reid` command line: search, add, rm, stats and index through the API; serve starts the API.
 
-The server side (``reid serve``, ``reid index --gallery``) runs as child processes (uvicorn, server.triton,
-index.bulk), so the client package never imports server code.
+The server side (``reid serve``, ``reid index --gallery``) runs as child processes (uvicorn, embedders.local_triton,
+ingestion.bulk), so the client package never imports server code.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,10 +20,7 @@ from client.api import DEFAULT_URL, ReIDClient
 from client.errors import ReIDError
 from client.launch import serve
 from client.models import SearchResult
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-# Market-1501 / DukeMTMC-reID crop names: PPPP_cCsS_FFFFFF_NN.jpg (person -1 marks junk crops).
-MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+from formats.names import JUNK_PERSON, is_image_file, person_and_camera
 
 
 def _client(args: argparse.Namespace) -> ReIDClient:
@@ -88,17 +84,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def _images_in(folder: Path) -> Iterator[Path]:
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+        if is_image_file(path) and path.is_file():
             yield path
 
 
 def _person_and_camera(path: Path, person: str | None, camera: str | None) -> tuple[str, str | None] | None:
     """From a Market-1501 style name, else the --person/--camera defaults; None skips the file."""
-    match = MARKET_NAME.match(path.name)
-    if match:
-        if match.group(1) == "-1":
-            return None  # junk crop in the Market protocol
-        return match.group(1), match.group(2)
+    parsed = person_and_camera(path.name)
+    if parsed:
+        return None if parsed[0] == JUNK_PERSON else parsed
     return (person, camera) if person else None
 
 
@@ -108,7 +102,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.artifact is None:
             print("reid index --gallery needs --artifact (the model that embeds the crops)", file=sys.stderr)
             return 2
-        command = [sys.executable, "-m", "index.bulk", str(args.folder), "--gallery", str(args.gallery)]
+        command = [sys.executable, "-m", "ingestion.bulk", str(args.folder), "--gallery", str(args.gallery)]
         command += ["--artifact", str(args.artifact)]
         return subprocess.call(command)
     added = duplicates = skipped = 0
@@ -189,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="add every crop of a folder (Market-1501 names give person and camera)")
     p.add_argument("folder", type=Path)
-    p.add_argument("--gallery", type=Path, help="write straight into this gallery folder (no server) via index.bulk")
+    p.add_argument(
+        "--gallery", type=Path, help="write straight into this gallery folder (no server) via ingestion.bulk"
+    )
     p.add_argument("--artifact", type=Path, help="model artifact for --gallery")
     p.add_argument("--person", help="person id for files without a Market-1501 name")
     p.add_argument("--camera", help="camera id for files without a Market-1501 name")

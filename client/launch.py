@@ -72,7 +72,7 @@ def serve(
         if triton:
             if artifact is None:
                 raise ValueError("a local Triton needs the artifact whose model repository it serves")
-            command = [sys.executable, "-m", "server.triton", "--artifact", str(artifact)]
+            command = [sys.executable, "-m", "embedders.local_triton", "--artifact", str(artifact)]
             command += ["--http-port", str(triton_port), "--grpc-port", str(triton_port + 1)]
             command += ["--metrics-port", str(triton_port + 2)]
             children.append(subprocess.Popen(command))

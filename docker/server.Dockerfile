@@ -1,24 +1,19 @@
-# The retrieval API (server/ + index/ + client/), without torch: the server reads the exported artifact only.
+# The retrieval API without torch: formats/ + embedders/ + index/ + ingestion/ + server/, installed with the
+# project's `server` extra at the versions of requirements.lock. The server reads the exported artifact only.
 # Build from the repository root:  docker build -f docker/server.Dockerfile -t apnet-reid-server .
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
-# Runtime packages of the serving side only, at the versions pinned in requirements.lock.
-COPY requirements.lock ./
-RUN pip install -c requirements.lock \
-        numpy opencv-python-headless pillow onnxruntime faiss-cpu fastapi "uvicorn[standard]" \
-        python-multipart pydantic pydantic-settings "tritonclient[all]" httpx prometheus-client tqdm
-
-COPY pyproject.toml README.md ./
-COPY server ./server
+COPY pyproject.toml README.md requirements.lock ./
+COPY formats ./formats
+COPY embedders ./embedders
 COPY index ./index
-COPY client ./client
-COPY export ./export
-COPY training ./training
-# --no-deps: the project's torch pin is for training and export, never loaded by the server.
-RUN pip install --no-deps . && python -c "import server.main, index.gallery, sys; assert 'torch' not in sys.modules"
+COPY ingestion ./ingestion
+COPY server ./server
+RUN pip install -c requirements.lock ".[server]" \
+    && python -c "import server.main, ingestion.bulk, sys; assert not {'torch', 'training'} & set(sys.modules)"
 
 RUN useradd --uid 10001 --create-home reid && mkdir -p /data/gallery && chown reid /data/gallery
 USER reid

@@ -37,7 +37,7 @@ from export.spec import build_spec
 from export.triton_repo import write_model_repository
 from export.variants import convert_fp16, int8_decision, median_latency_ms, quantize_int8
 from export.wrap import ServingModel
-from server.spec import ModelSpec
+from formats.spec import ModelSpec
 from training.checkpoint import MODEL_FILE, load_checkpoint
 
 ONNX_FILE = "model.onnx"

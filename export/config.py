@@ -11,7 +11,7 @@ PARITY_BATCHES = (1, 7, 16)
 
 @dataclass(frozen=True)
 class GateTolerances:
-    """Pass marks of the parity gates (issue 4)."""
+    """Pass marks of the parity gates: how close ONNX Runtime must come to the PyTorch eval path."""
 
     max_abs_diff: float = 1e-4  # ONNX Runtime fp32 vs PyTorch eval, per embedding element
     min_cosine: float = 0.99999

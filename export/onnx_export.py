@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from server.spec import SPEC_KEY, ModelSpec
+from formats.spec import SPEC_KEY, ModelSpec
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"

@@ -1,6 +1,6 @@
 """The parity gate: the exported model must compute what the PyTorch eval path computes, on the same pixels.
 
-Images are decoded and resized by server.imaging (as in training and serving). The PyTorch side is the
+Images are decoded and resized by formats.images (as in training and serving). The PyTorch side is the
 training evaluation path (torchvision ToDtype(scale) + Normalize with the checkpoint's mean/std, then
 APNet.embed), written independently of export.wrap so that a preprocessing bug in the graph shows up here.
 """
@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 
 from export.config import PARITY_BATCHES, GateTolerances
 from export.onnx_export import INPUT_NAME
-from server.imaging import load_image
+from formats.images import load_image
 from training.data import Sample, read_dataset
 from training.evaluate import evaluate_rank
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from server.spec import SPEC_KEY, InputSpec, ModelSpec, NormalizationSpec, OutputSpec, Provenance, ThresholdSpec
+from formats.spec import SPEC_KEY, InputSpec, ModelSpec, NormalizationSpec, OutputSpec, Provenance, ThresholdSpec
 
 HASH_CHARS = 12
 

@@ -15,7 +15,7 @@ import torch
 from export.config import GateTolerances
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from export.parity import GateError, ParityData, compare, retrieval_metrics
-from server.spec import ModelSpec
+from formats.spec import ModelSpec
 
 OPT_BATCH = 32
 WORKSPACE_BYTES = 4 << 30

@@ -14,7 +14,7 @@ from typing import Literal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from server.spec import SPEC_KEY, ModelSpec
+from formats.spec import SPEC_KEY, ModelSpec
 
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"

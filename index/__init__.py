@@ -1,1 +1,1 @@
-"""The faiss gallery: vectors, metadata, durability, and bulk indexing of a folder (never imports torch)."""
+"""The gallery: faiss + SQLite on disk, filters and identity aggregation (no torch, no HTTP, no embedder)."""

@@ -3,7 +3,6 @@
     python -m index.bench --sizes 10000,100000 --dim 2048 --out bench/index.json
     python -m index.bench --sizes 1000000 --dim 128 --out bench/index-1m.json
     python -m index.bench --threads-only --out bench/index-threads.json
-    python -m index.bench --sizes 0 --artifact artifacts/demo --images data/synth/bounding_box_test --out bench/bulk.json
 
 Vectors are synthetic unit vectors around random centres (like embeddings of people seen several times).
 Each gallery is built through Gallery.add, so the SQLite log is part of what is measured. Latency is for
@@ -16,7 +15,6 @@ snapshot; recovery time is Gallery.open with the snapshot deleted (rebuilt, and 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
@@ -128,44 +126,6 @@ def bench_threads(n: int = 10_000, dim: int = 512, queries: int = 200) -> dict:
     return {"n": n, "dim": dim, "k": K, **out}
 
 
-def bench_bulk(artifact: Path, images: Path, folder: Path) -> dict:
-    """Bulk indexing images/s beside pure embedding images/s (same decoded batches, ONNX Runtime)."""
-    from index.bulk import index_folder, walk_folder
-    from server.embedder import create_embedder
-    from server.imaging import load_image
-
-    async def run() -> dict:
-        embedder = create_embedder("onnx", artifact=artifact)
-        await embedder.start()
-        try:
-            spec = embedder.spec
-            items, _ = walk_folder(images)
-            pixels = np.stack(
-                [load_image(str(images / it.rel), spec.input.height, spec.input.width) for it in items[:256]]
-            )
-            await embedder.embed(pixels[:8])  # warm-up
-            t0 = time.perf_counter()
-            for start in range(0, len(pixels), 64):
-                await embedder.embed(pixels[start : start + 64])
-            embed_ips = len(pixels) / (time.perf_counter() - t0)
-            with Gallery.create(folder / "bulk", model_id=spec.model_id, dim=spec.dim) as g:
-                summary = await index_folder(images, g, embedder, batch_size=64)
-            return {
-                "artifact": str(artifact),
-                "images": summary.indexed,
-                "skipped": len(summary.skipped),
-                "bulk_images_per_s": round(summary.images_per_s, 1),
-                "embed_only_images_per_s": round(embed_ips, 1),
-                "input": [spec.input.height, spec.input.width],
-            }
-        finally:
-            await embedder.close()
-
-    result = asyncio.run(run())
-    print(json.dumps({"bulk": result}), flush=True)
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m index.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10000,100000", help="gallery sizes, comma separated (0: none)")
@@ -176,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ef-search", type=int, default=64)
     p.add_argument("--clusters", type=int, default=1000)
     p.add_argument("--threads-only", action="store_true", help="only the OpenMP 1-vs-2-thread measurement")
-    p.add_argument("--artifact", type=Path, help="with --images: bulk indexing vs pure embedding throughput")
-    p.add_argument("--images", type=Path)
     p.add_argument("--workdir", type=Path, default=None, help="where galleries are built (default: a temp dir)")
     p.add_argument("--out", type=Path, default=Path("bench/index.json"))
     args = p.parse_args(argv)
@@ -201,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
                 del exact
                 for factory in args.factory or default_factories(n):
                     report["runs"].append(bench_factory(folder, factory, xb, xq, truth, args))
-            if args.artifact and args.images:
-                report["bulk"] = bench_bulk(args.artifact, args.images, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -170,16 +170,12 @@ class Gallery:
             self._settings["model_id"]  # noqa: B018 (must exist)
         except (KeyError, ValueError) as exc:
             raise CorruptGallery(f"gallery settings in {self.path / DB} are incomplete or wrong: {exc}") from exc
-        conn = self._store.reader()
-        conn.execute("BEGIN")  # one consistent view of the log for the whole load
-        try:
+        with self._store.view() as conn:  # one consistent view of the log for the whole load
             try:
                 self._load_snapshot(conn)
             except SnapshotError as exc:
                 self._recovered.append(f"{exc}; rebuilt from the log")
                 self._rebuild(conn)
-        finally:
-            conn.execute("COMMIT")
         if not self.readonly:
             if self._recovered or self._dirty or not (self.path / MANIFEST).exists():
                 with self._write_mutex:
@@ -234,18 +230,14 @@ class Gallery:
                 self._index.add_with_ids(xb, ids)
                 applied += len(ids)
         self._last_id, self._last_seq = last_id, last_seq
-        self._count = self._store_count(conn)
+        self._count = self._store.count(conn)
         self._dirty += applied
         return applied
 
     def _check_consistent(self, conn) -> None:
         live = self._index.ntotal - len(self._tombstones)
-        if live != self._store_count(conn):
+        if live != self._store.count(conn):
             raise SnapshotError(f"the index holds {live} live vectors, the log {self._count}")
-
-    @staticmethod
-    def _store_count(conn) -> int:
-        return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
     def _rebuild(self, conn) -> None:
         """A fresh index from every live vector in the log (trained if the factory needs it and there are enough)."""
@@ -264,12 +256,12 @@ class Gallery:
 
     def _trained_empty(self, conn) -> faiss.Index | None:
         """The gallery's earlier IVF training, if it was saved and verifies; None means train again."""
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (TRAINED_KEY,)).fetchone()
-        if row is None:
+        expected = self._store.setting(conn, TRAINED_KEY)
+        if expected is None:
             return None
         try:
             data = (self.path / TRAINED).read_bytes()
-            if sha256(data) != row[0]:
+            if sha256(data) != expected:
                 raise ValueError("checksum mismatch")
             index = faiss_index.from_bytes(data)
             if index.d != self.dim or index.ntotal != 0 or not index.is_trained:
@@ -281,13 +273,8 @@ class Gallery:
 
     def refresh(self) -> int:
         """Catch up with rows another process wrote since this gallery was opened (read-only galleries)."""
-        with self._write_mutex:
-            conn = self._store.reader()
-            conn.execute("BEGIN")
-            try:
-                return self._catch_up(conn)
-            finally:
-                conn.execute("COMMIT")
+        with self._write_mutex, self._store.view() as conn:
+            return self._catch_up(conn)
 
     # -- properties ----------------------------------------------------------------------------------------
 
@@ -346,6 +333,10 @@ class Gallery:
 
     def add(self, xb, records: Sequence[Record], *, model_id: str) -> list[int]:
         """Add vectors with their records; returns the new ids once they are committed to the log."""
+        with self._write_mutex:
+            return self._add_locked(xb, records, model_id)
+
+    def _add_locked(self, xb, records: Sequence[Record], model_id: str) -> list[int]:
         self._check_writable()
         self._check_model(model_id)
         xb = self._unit_vectors(xb, "vectors")
@@ -358,17 +349,36 @@ class Gallery:
             json.dumps(r.metadata or {})  # TypeError before anything is written, if not JSON
         if not len(xb):
             return []
-        with self._write_mutex:
-            self._check_open()
-            ids = self._store.insert(xb, records)
-            with self._rw.write():
-                self._index.add_with_ids(xb, np.asarray(ids, dtype=np.int64))
-            self._last_id = ids[-1]
-            self._count += len(ids)
-            self._dirty += len(ids)
-            self._maybe_train()
-            self._maybe_snapshot()
+        self._check_open()
+        ids = self._store.insert(xb, records)
+        with self._rw.write():
+            self._index.add_with_ids(xb, np.asarray(ids, dtype=np.int64))
+        self._last_id = ids[-1]
+        self._count += len(ids)
+        self._dirty += len(ids)
+        self._maybe_train()
+        self._maybe_snapshot()
         return ids
+
+    def add_new(self, xb, records: Sequence[Record], *, model_id: str) -> list[tuple[int, bool]]:
+        """Add the records whose content hash the gallery does not hold yet, once each; for every record, its id
+        and whether this call added it. The check and the add happen under the write mutex, so two callers adding
+        the same bytes at once add them once. Records without a content hash are always added."""
+        records = list(records)
+        if len(records) != len(xb):
+            raise ValueError(f"{len(xb)} vectors but {len(records)} records")
+        with self._write_mutex:
+            known = self.find_hashes([r.content_hash for r in records if r.content_hash])
+            first_of: dict[str, int] = {}
+            fresh = [
+                i
+                for i, r in enumerate(records)
+                if not r.content_hash or (r.content_hash not in known and first_of.setdefault(r.content_hash, i) == i)
+            ]
+            ids = self._add_locked(np.asarray(xb)[fresh], [records[i] for i in fresh], model_id) if fresh else []
+        added = dict(zip(fresh, ids, strict=True))
+        known.update({records[i].content_hash: gid for i, gid in added.items() if records[i].content_hash})
+        return [(added[i], True) if i in added else (known[r.content_hash], False) for i, r in enumerate(records)]
 
     def remove(self, ids) -> int:
         """Remove the ids that exist; returns how many were removed. Ids are never reused."""
@@ -396,12 +406,8 @@ class Gallery:
         """Swap the exact stand-in for the factory's index once there are enough vectors to train it."""
         if self._trained or not self._kind.needs_training or self._count < self._kind.min_train_size:
             return
-        conn = self._store.reader()
-        conn.execute("BEGIN")
-        try:
+        with self._store.view() as conn:
             self._rebuild(conn)
-        finally:
-            conn.execute("COMMIT")
 
     def _maybe_snapshot(self) -> None:
         if self._dirty >= self.snapshot_every:
@@ -416,12 +422,8 @@ class Gallery:
     def _write_snapshot(self) -> None:
         # Caller holds the write mutex, so the index and the watermark do not move underneath us.
         if self._tombstones:  # HNSW cannot drop vectors: a snapshot holds live vectors only
-            conn = self._store.reader()
-            conn.execute("BEGIN")
-            try:
+            with self._store.view() as conn:
                 self._rebuild(conn)
-            finally:
-                conn.execute("COMMIT")
         with self._rw.write() if self._on_gpu else self._rw.read():
             data = faiss_index.to_bytes(self._index)
             ntotal = self._index.ntotal
@@ -467,8 +469,12 @@ class Gallery:
         return None if int(id) < 0 else self._store.get(int(id))
 
     def find_hash(self, content_hash: str) -> int | None:
+        return self.find_hashes([content_hash]).get(content_hash)
+
+    def find_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        """The id already stored under each content hash the gallery holds."""
         self._check_open()
-        return self._store.find_hash(content_hash)
+        return self._store.find_hashes(hashes)
 
     def search(self, xq, k: int, filters: SearchFilter | None = None, *, model_id: str) -> list[list[Hit]]:
         """Top-k hits per query, best first, with their records; fewer than k when the gallery runs out.

@@ -13,6 +13,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -189,8 +190,22 @@ class Store:
 
     # -- reads ---------------------------------------------------------------------------------------------
 
-    def count(self) -> int:
-        return self.reader().execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    @contextmanager
+    def view(self) -> Iterator[sqlite3.Connection]:
+        """This thread's reader inside one read transaction: a consistent view of the log while it lasts."""
+        conn = self.reader()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def count(self, conn: sqlite3.Connection | None = None) -> int:
+        return (conn or self.reader()).execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def setting(self, conn: sqlite3.Connection, key: str) -> str | None:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
 
     def get(self, rid: int) -> Record | None:
         row = self.reader().execute(f"SELECT {RECORD_COLUMNS} FROM items WHERE id = ?", (rid,)).fetchone()
@@ -206,13 +221,15 @@ class Store:
                 out[row[0]] = _row_to_record(row)
         return out
 
-    def find_hash(self, content_hash: str) -> int | None:
-        row = (
-            self.reader()
-            .execute("SELECT id FROM items WHERE content_hash = ? ORDER BY id LIMIT 1", (content_hash,))
-            .fetchone()
-        )
-        return None if row is None else row[0]
+    def find_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        """The first id stored under each content hash that the log holds (absent hashes are left out)."""
+        found: dict[str, int] = {}
+        conn = self.reader()
+        for chunk in _chunks(list(dict.fromkeys(hashes)), SQL_VARS):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT content_hash, MIN(id) FROM items WHERE content_hash IN ({marks}) GROUP BY content_hash"
+            found.update(conn.execute(sql, chunk).fetchall())
+        return found
 
     def log_position(self, conn: sqlite3.Connection) -> tuple[int, int]:
         """(last item id ever assigned, last removal seq)."""

@@ -34,7 +34,7 @@ else step "3/5 export: $ARTIFACT exists"; fi
 
 step "4/5 bulk-index $DATA/bounding_box_test -> $GALLERY_DIR"
 [ "$FORCE" = 1 ] && rm -rf "$GALLERY_DIR"
-$PY -m index.bulk "$DATA/bounding_box_test" --gallery "$GALLERY_DIR" --artifact "$ARTIFACT"
+$PY -m ingestion.bulk "$DATA/bounding_box_test" --gallery "$GALLERY_DIR" --artifact "$ARTIFACT"
 
 step "5/5 serve on 127.0.0.1:$PORT and search with a query crop"
 REID_ARTIFACT="$ARTIFACT" REID_GALLERY_DIR="$GALLERY_DIR" \

@@ -1,1 +1,1 @@
-"""The FastAPI retrieval service and its embedding backends (never imports torch)."""
+"""The FastAPI retrieval service: app factory, routes, middleware, resources, auth, error mapping (no torch)."""

@@ -8,16 +8,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware import Middleware
 
-from server.deps import Resources
-from server.embedder import Embedder
-from server.errors import (
+from embedders.base import Embedder
+from server.errors import install_error_handlers
+from server.metrics import Metrics, MetricsMiddleware
+from server.middleware import (
     BodySizeLimitMiddleware,
     InFlightLimitMiddleware,
     RequestIdMiddleware,
     UnhandledErrorMiddleware,
-    install_error_handlers,
 )
-from server.metrics import Metrics, MetricsMiddleware
+from server.resources import Resources
 from server.routes import gallery, health, search
 from server.settings import Settings
 

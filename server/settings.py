@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from server.imaging import ImageLimits
+from formats.images import ImageLimits
 
 MAX_TOP_K = 100  # hard ceiling; the OpenAPI schema documents it
 

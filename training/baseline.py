@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from server.imaging import load_image
+from formats.images import load_image
 from training.data import read_dataset
 from training.evaluate import evaluate_rank
 

@@ -4,14 +4,13 @@ Layouts: the Market-1501 one (``bounding_box_train/``, ``query/``, ``bounding_bo
 DukeMTMC-reID, converted MSMT17 and the synthetic set) and MSMT17's own list files (``list_train.txt``,
 ``list_val.txt``, ``list_query.txt``, ``list_gallery.txt`` with ``train/`` and ``test/`` image folders).
 Junk images (person -1) are dropped; distractors (person 0) stay in the gallery only; training ids are
-relabelled 0..N-1. Images are decoded and resized by ``server.imaging`` so training, export and serving
+relabelled 0..N-1. Images are decoded and resized by ``formats.images`` so training, export and serving
 see the same pixels.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
-from server.imaging import load_image
+from formats.images import load_image
+from formats.names import is_image_file, person_and_camera
 from training.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 
 DATASETS = ("market1501", "duke", "msmt17")
@@ -32,9 +32,6 @@ MSMT_LISTS = {
     "query": ("list_query.txt",),
     "gallery": ("list_gallery.txt",),
 }
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-# person id and camera: 0002_c1s1_000451_03.jpg (Market), 0005_c2_f0046985.jpg (Duke), -1_c3s2_... (junk)
-MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
 @dataclass(frozen=True)
@@ -107,16 +104,16 @@ def read_dataset(data_root: str | Path, dataset: str = "auto") -> ReIDDataset:
 
 def parse_market_name(name: str) -> tuple[int, int]:
     """(person id, 0-based camera) from a Market/Duke-style file name."""
-    match = MARKET_NAME.match(name)
-    if match is None or int(match.group(2)) < 1:
+    parsed = person_and_camera(name)
+    if parsed is None or int(parsed[1]) < 1:
         raise ValueError(f"malformed image name {name!r}: expected PPPP_cC... (e.g. 0002_c1s1_000451_03.jpg)")
-    return int(match.group(1)), int(match.group(2)) - 1
+    return int(parsed[0]), int(parsed[1]) - 1
 
 
 def _read_market_folder(folder: Path) -> list[Sample]:
     samples = []
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_image_file(path):
             continue  # Thumbs.db and the like
         pid, camid = parse_market_name(path.name)
         if pid >= 0:
@@ -150,7 +147,7 @@ def _read_msmt_lists(root: Path, part: str) -> list[Sample]:
 
 
 class ImageDataset(Dataset):
-    """(image tensor, pid, camid) of each sample; images decoded and resized by server.imaging."""
+    """(image tensor, pid, camid) of each sample; images decoded and resized by formats.images."""
 
     def __init__(self, samples: list[Sample], height: int, width: int, transform: v2.Transform):
         self.samples = samples

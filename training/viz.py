@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 
-from server.imaging import load_image
+from formats.images import load_image
 from training.checkpoint import load_checkpoint
 from training.data import ImageDataset, eval_transform, read_dataset
 from training.evaluate import extract_features, l2_normalize

@@ -11,11 +11,12 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Path, UploadFile
 from pydantic import FiniteFloat
 
+from embedders.base import batch_slices
+from formats.images import ImageError
 from index.records import Record
-from server.deps import Admin, Reader, ReadyDep
-from server.embedder import batch_slices
+from server.auth import Admin, Reader
+from server.deps import ReadyDep
 from server.errors import APIError, error_responses
-from server.imaging import ImageError
 from server.schemas import AddedItem, AddResponse, DeleteResponse, GalleryItem, GalleryStats
 
 router = APIRouter(prefix="/v1/gallery", tags=["gallery"])
@@ -99,7 +100,7 @@ async def add_images(
         try:
             pixels.append(await res.decode(blobs[i]))
         except ImageError as exc:
-            raise ImageError(exc.status, exc.code, f"image {i}: {exc.message}") from None
+            raise exc.with_prefix(f"image {i}: ") from None
     spec = res.spec
     xb = np.zeros((0, spec.dim), np.float32)
     if pixels:
@@ -118,26 +119,12 @@ async def add_images(
         for i in new
     ]
 
-    def store() -> tuple[dict[str, int], set[str]]:
-        # Check and add under one call so two concurrent uploads of the same bytes add it once.
-        ids: dict[str, int] = {}
-        fresh = []
-        for row, i in enumerate(new):
-            existing = res.gallery.find_hash(hashes[i])
-            if existing is not None:
-                ids[hashes[i]] = existing
-            else:
-                fresh.append(row)
-        if fresh:
-            added = res.gallery.add(xb[fresh], [records[r] for r in fresh], model_id=spec.model_id)
-            ids.update({hashes[new[r]]: gid for r, gid in zip(fresh, added, strict=True)})
-        return ids, {hashes[new[r]] for r in fresh}
-
-    ids_by_hash, added_hashes = await res.in_gallery(store)
+    stored = await res.in_gallery(res.gallery.add_new, xb, records, model_id=spec.model_id)
     res.metrics.gallery_size.set(len(res.gallery))
+    id_of = {hashes[i]: gid for i, (gid, _) in zip(new, stored, strict=True)}
+    fresh = {hashes[i] for i, (_, was_added) in zip(new, stored, strict=True) if was_added}
     items = [
-        AddedItem(index=i, id=ids_by_hash[h], duplicate=not (h in added_hashes and first_of[h] == i))
-        for i, h in enumerate(hashes)
+        AddedItem(index=i, id=id_of[h], duplicate=not (h in fresh and first_of[h] == i)) for i, h in enumerate(hashes)
     ]
     added = sum(not item.duplicate for item in items)
     return AddResponse(

@@ -10,7 +10,8 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from pydantic import FiniteFloat
 
 from index.records import SearchFilter, aggregate_identities
-from server.deps import Reader, ReadyDep
+from server.auth import Reader
+from server.deps import ReadyDep
 from server.errors import APIError, error_responses
 from server.schemas import EmbedResponse, IdentityResult, SearchHit, SearchResponse, Timings
 from server.settings import MAX_TOP_K

@@ -1,4 +1,4 @@
-"""`reid index FOLDER --gallery DIR` writes through index.bulk; the API then serves that gallery, and finds
+"""`reid index FOLDER --gallery DIR` writes through ingestion.bulk; the API then serves that gallery, and finds
 each indexed file at rank 1 with a cosine of 1: bulk indexing and the API decode (EXIF included) identically."""
 
 import hashlib
@@ -11,7 +11,7 @@ from PIL import Image
 
 from client.cli import main
 from server.settings import Settings
-from tests.client.live import LiveServer, person_crops
+from tests.support import LiveServer, person_crops
 
 
 def exif_rotated_png(data: bytes) -> bytes:

@@ -23,7 +23,7 @@ from client import (
 )
 from client.cli import main
 from server.settings import Settings
-from tests.client.live import LiveServer, person_crops
+from tests.support import LiveServer, person_crops
 
 SEARCH_ANSWER = {
     "model_id": "m1",

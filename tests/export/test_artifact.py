@@ -18,9 +18,9 @@ from export.parity import GateError
 from export.spec import spec_from_config_pbtxt, spec_from_onnx
 from export.triton_repo import parse_config
 from export.wrap import ServingModel
-from server.imaging import decode_image, resize
-from server.spec import SPEC_KEY, ModelSpec
-from tests.fixtures.artifact import TINY_HEIGHT, TINY_NAME, TINY_THRESHOLD, TINY_WIDTH
+from formats.images import decode_image, resize
+from formats.spec import SPEC_KEY, ModelSpec
+from tests.support import TINY_HEIGHT, TINY_NAME, TINY_THRESHOLD, TINY_WIDTH
 from training.checkpoint import load_checkpoint
 from training.data import eval_transform
 
@@ -83,7 +83,7 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def test_onnx_matches_the_training_eval_path_on_decoded_uploads(tiny_checkpoint, session):
-    """Uploads of another size go through server.imaging, then through training's own eval transform."""
+    """Uploads of another size go through formats.images, then through training's own eval transform."""
     model, _ = load_checkpoint(tiny_checkpoint)
     rng = np.random.default_rng(2)
     uploads = [_png(rng.integers(0, 256, (100 + 7 * i, 45 + 3 * i, 3), dtype=np.uint8)) for i in range(5)]

@@ -7,7 +7,7 @@ import pytest
 from export.artifact import REPORT_FILE, build_artifact
 from export.config import ExportConfig
 from export.triton_repo import parse_config
-from tests.fixtures.artifact import TINY_NAME
+from tests.support import TINY_NAME
 
 
 @pytest.mark.gpu

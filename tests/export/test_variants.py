@@ -7,7 +7,7 @@ import pytest
 
 from export.spec import spec_from_onnx
 from export.variants import convert_fp16, int8_decision, quantize_int8
-from tests.fixtures.artifact import TINY_HEIGHT, TINY_WIDTH
+from tests.support import TINY_HEIGHT, TINY_WIDTH
 
 
 def _run(path, images):
@@ -23,7 +23,7 @@ def _cosines(a, b):
 @pytest.fixture(scope="module")
 def images(synth_data):
     """Eight person crops as the server feeds them: INT8 ranges are calibrated on, and judged by, real inputs."""
-    from server.imaging import load_image
+    from formats.images import load_image
 
     crops = sorted((synth_data / "bounding_box_test").glob("*.jpg"))[:8]
     return np.stack([load_image(str(p), TINY_HEIGHT, TINY_WIDTH) for p in crops])

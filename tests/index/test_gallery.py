@@ -254,3 +254,41 @@ def test_gpu_search_matches_cpu_and_honours_removals(tmp_path, factory):
         want = [[h.id for h in row] for row in cpu.search(xb[:20], 10, model_id=MODEL)]
         assert [[h.id for h in row] for row in gpu.search(xb[:20], 10, model_id=MODEL)] == want
         assert all(i not in ids[:10] for row in want for i in row)
+
+
+def hashed(n, tag="h"):
+    return [Record(person_id=f"p{i}", camera_id="1", content_hash=f"{tag}{i:062d}") for i in range(n)]
+
+
+def test_add_new_adds_each_content_hash_once(gallery):
+    xb = clustered(4, DIM, seed=30)
+    first = gallery.add_new(xb[:2], hashed(2), model_id=MODEL)
+    assert [added for _, added in first] == [True, True]
+    # A batch repeating a stored hash and repeating one of its own: only the genuinely new one is added.
+    batch = [hashed(2)[1], hashed(3)[2], hashed(3)[2]]
+    second = gallery.add_new(xb[1:4], batch, model_id=MODEL)
+    assert [added for _, added in second] == [False, True, False]
+    assert second[0][0] == first[1][0] and second[1][0] == second[2][0]
+    assert len(gallery) == 3
+    assert gallery.find_hashes([r.content_hash for r in hashed(4)]) == {
+        hashed(3)[i].content_hash: gid for i, gid in enumerate([first[0][0], first[1][0], second[1][0]])
+    }
+
+
+def test_concurrent_add_new_of_the_same_bytes_adds_them_once(gallery):
+    xb = clustered(8, DIM, seed=31)
+    results = []
+    barrier = threading.Barrier(4)
+
+    def add():
+        barrier.wait()
+        results.append(gallery.add_new(xb, hashed(8, "c"), model_id=MODEL))
+
+    threads = [threading.Thread(target=add) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(gallery) == 8
+    assert sum(added for result in results for _, added in result) == 8
+    assert len({tuple(gid for gid, _ in result) for result in results}) == 1  # everyone got the same ids

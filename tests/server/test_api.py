@@ -15,8 +15,7 @@ import pytest
 from PIL import Image
 
 from server.settings import Settings
-from tests.client.live import LiveServer
-from tests.fixtures.artifact import TINY_NAME, TINY_THRESHOLD
+from tests.support import TINY_NAME, TINY_THRESHOLD, LiveServer
 
 ADMIN, READER = "admin-key-0123", "read-key-4567"
 MAX_UPLOAD = 256 * 1024
@@ -380,7 +379,7 @@ def test_openapi_documents_every_status(api):
 @pytest.mark.slow
 def test_triton_down_at_start_then_the_server_becomes_ready_by_itself(tiny_artifact, tmp_path):
     from client.launch import free_port
-    from server.triton import LocalTriton
+    from embedders.local_triton import LocalTriton
 
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     settings = Settings(

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from index.gallery import Gallery
-from tests.client.live import FAKE_SPEC, FakeEmbedder, LiveServer, gallery_settings, person_crops
-from tests.server.mutations import mutated
+from tests.support import FAKE_SPEC, FakeEmbedder, LiveServer, gallery_settings, mutated, person_crops
 
 CROPS = person_crops(6, seed=1)
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
 from server.settings import Settings
-from tests.client.live import LiveServer, person_crops
+from tests.support import LiveServer, person_crops
 
 ADMIN = "schema-admin-key"
 

@@ -34,3 +34,14 @@ def write_market(root: Path, train_ids: int = 6, test_ids: int = 4, shots: int =
 @pytest.fixture(scope="session")
 def tiny_market(tmp_path_factory) -> Path:
     return write_market(tmp_path_factory.mktemp("data") / "market1501")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread per test: the machine is shared, and results must not depend on the thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

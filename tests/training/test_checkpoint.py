@@ -8,8 +8,6 @@ import torch
 from training.checkpoint import data_meta, load_checkpoint, save_checkpoint
 from training.model import APNet, APNetConfig
 
-torch.set_num_threads(1)
-
 
 def test_round_trip_restores_weights_buffers_and_meta(tmp_path):
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.imaging import load_image
+from formats.images import load_image
 from training.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from training.data import (
     ImageDataset,

@@ -21,8 +21,6 @@ from training.evaluate import (
 )
 from training.model import APNet, APNetConfig
 
-torch.set_num_threads(1)
-
 
 def _reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
     """One query at a time, written the obvious way."""

@@ -6,8 +6,6 @@ from torch import nn
 
 from training.model import APNet, APNetConfig, SAMSAttention, load_imagenet_weights
 
-torch.set_num_threads(1)
-
 # The paper authors' implementation, 751 classes: (with classifier, without classifier) per level.
 AUTHORS_PARAMS = {0: (25_050_176, 23_512_128), 1: (25_112_640, 23_574_592), 2: (29_311_200, 27_773_152)}
 

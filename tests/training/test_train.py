@@ -15,7 +15,6 @@ from training.checkpoint import load_checkpoint
 from training.config import load_config
 from training.train import STATE_FILE, main, train
 
-torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["backbone=resnet18", "level=2", "pretrained=none", "height=64", "width=32", "ids_per_batch=3",
         "images_per_id=2", "num_workers=0", "warmup_epochs=1", "eval_batch_size=8", "save_every=1"]  # fmt: skip

@@ -9,8 +9,6 @@ from training.model import APNet, APNetConfig
 from training.viz import grad_cam
 from training.viz import main as viz_main
 
-torch.set_num_threads(1)
-
 
 def test_grad_cam_maps_and_viz_cli(tiny_market, tmp_path, capsys):
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})  # what a folder walk treats as an image file
 # Pillow names a JPEG with a multi-picture (MPF) segment, as many cameras write, "MPO"; it is still a JPEG.
 FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp"}
 # Transparent pixels are composited over the ImageNet mean colour: after the model's mean/std
@@ -26,13 +27,28 @@ Image.MAX_IMAGE_PIXELS = None  # we enforce our own cap, with a clear error inst
 
 
 class ImageError(ValueError):
-    """An upload that cannot become model input. ``status`` is the HTTP status the API answers with."""
+    """Bytes that cannot become model input. ``code`` is a stable machine-readable reason."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, code: str, message: str):
         super().__init__(message)
-        self.status = status
         self.code = code
         self.message = message
+
+    def with_prefix(self, prefix: str) -> ImageError:
+        """The same error with ``prefix`` before its message (which image of a batch it was)."""
+        return type(self)(self.code, f"{prefix}{self.message}")
+
+
+class ImageDecodeError(ImageError):
+    """Not decodable: empty, truncated, corrupt or an unreadable header."""
+
+
+class ImageFormatError(ImageError):
+    """A format other than JPEG, PNG or WEBP."""
+
+
+class ImageLimitError(ImageError):
+    """Decodable, but outside the size or aspect-ratio limits."""
 
 
 @dataclass(frozen=True)
@@ -44,16 +60,15 @@ class ImageLimits:
 
 def _check_size(width: int, height: int, limits: ImageLimits) -> None:
     if width * height > limits.max_pixels:
-        raise ImageError(
-            422, "image_too_large", f"image has {width}x{height} pixels, more than the limit of {limits.max_pixels}"
+        raise ImageLimitError(
+            "image_too_large", f"image has {width}x{height} pixels, more than the limit of {limits.max_pixels}"
         )
     if min(width, height) < limits.min_side:
-        raise ImageError(
-            422, "image_too_small", f"image is {width}x{height}; both sides must be at least {limits.min_side} pixels"
+        raise ImageLimitError(
+            "image_too_small", f"image is {width}x{height}; both sides must be at least {limits.min_side} pixels"
         )
     if max(width / height, height / width) > limits.max_aspect:
-        raise ImageError(
-            422,
+        raise ImageLimitError(
             "bad_aspect_ratio",
             f"image is {width}x{height}; the aspect ratio must be within 1:{limits.max_aspect:g}",
         )
@@ -79,25 +94,24 @@ def _header(data: bytes, limits: ImageLimits) -> tuple[str, int, int, int]:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or ""
             if fmt not in FORMATS:
-                raise ImageError(
-                    415,
+                raise ImageFormatError(
                     "unsupported_media_type",
                     f"image format {fmt or 'unknown'} is not supported; send JPEG, PNG or WEBP",
                 )
             _check_size(im.width, im.height, limits)
             return FORMATS[fmt], im.width, im.height, _orientation(im)
     except UnidentifiedImageError:
-        raise ImageError(415, "unsupported_media_type", "the upload is not a JPEG, PNG or WEBP image") from None
+        raise ImageFormatError("unsupported_media_type", "the upload is not a JPEG, PNG or WEBP image") from None
     except ImageError:
         raise
     except Exception as exc:  # Pillow raises many types on a broken header
-        raise ImageError(400, "invalid_image", f"the image header could not be read ({type(exc).__name__})") from None
+        raise ImageDecodeError("invalid_image", f"the image header could not be read ({type(exc).__name__})") from None
 
 
 def _check_complete(fmt: str, data: bytes) -> None:
     # OpenCV decodes a truncated JPEG into a grey-padded image with only a warning; refuse it instead.
     if fmt == "jpeg" and data.rstrip(b"\x00").rfind(b"\xff\xd9") < 0:
-        raise ImageError(400, "invalid_image", "the JPEG is truncated (no end-of-image marker)")
+        raise ImageDecodeError("invalid_image", "the JPEG is truncated (no end-of-image marker)")
 
 
 def _to_rgb8(pixels: np.ndarray) -> np.ndarray:
@@ -105,7 +119,7 @@ def _to_rgb8(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint16:
         pixels = pixels.astype(np.float32) / 257.0
     elif pixels.dtype != np.uint8:
-        raise ImageError(400, "invalid_image", f"unsupported pixel type {pixels.dtype}")
+        raise ImageDecodeError("invalid_image", f"unsupported pixel type {pixels.dtype}")
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.shape[2] == 1:
@@ -138,7 +152,7 @@ def _orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Validate and decode image bytes to an upright (H, W, 3) RGB uint8 array, or raise ImageError."""
     if not data:
-        raise ImageError(400, "invalid_image", "the upload is empty")
+        raise ImageDecodeError("invalid_image", "the upload is empty")
     fmt, width, height, orientation = _header(data, limits)
     _check_complete(fmt, data)
     try:
@@ -146,7 +160,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
     except cv2.error:
         pixels = None
     if pixels is None or pixels.size == 0 or pixels.shape[:2] != (height, width):
-        raise ImageError(400, "invalid_image", f"the {fmt.upper()} data could not be decoded (corrupt or truncated)")
+        raise ImageDecodeError("invalid_image", f"the {fmt.upper()} data could not be decoded (corrupt or truncated)")
     return _orient(_to_rgb8(pixels), orientation)
 
 

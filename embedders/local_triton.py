@@ -7,7 +7,7 @@ The wheel ships only Triton's Python backend (no onnxruntime backend), so each m
 ``backend: "python"`` and served by ``TritonPythonModel`` below, which runs the artifact's model.onnx with
 ONNX Runtime and concatenates the requests of a dynamic batch into one session call.
 
-    python -m server.triton --artifact artifacts/demo [--http-port 8000 --grpc-port 8001 --metrics-port 8002]
+    python -m embedders.local_triton --artifact artifacts/demo [--http-port 8000 --grpc-port 8001 --metrics-port 8002]
 """
 
 from __future__ import annotations
@@ -39,17 +39,23 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 # The Python backend imports this file from each model version folder; it only re-exports the class below.
-MODEL_PY = "from server.triton import TritonPythonModel  # noqa: F401\n"
+MODEL_PY = "from embedders.local_triton import TritonPythonModel  # noqa: F401\n"
 
 
 class LocalTritonError(RuntimeError):
     """The local Triton could not be prepared, did not become ready, or died."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct ports the OS has free now (all held open together, so no two are the same)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def tritonserver_dist() -> Path:
@@ -190,9 +196,10 @@ class LocalTriton:
         try:
             repo, self.model_names = build_local_repository(self.artifact, self._workdir)
             backends = prepare_backends(dist, self._workdir)
-            self.http_port = self.http_port or free_port()
-            self.grpc_port = self.grpc_port or free_port()
-            self.metrics_port = self.metrics_port or free_port()
+            spare = iter(free_ports(3))
+            self.http_port = self.http_port or next(spare)
+            self.grpc_port = self.grpc_port or next(spare)
+            self.metrics_port = self.metrics_port or next(spare)
             log_file = self.log_file or self._workdir / "tritonserver.log"
             log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = open(log_file, "ab")  # closed in stop()
@@ -288,7 +295,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         import onnxruntime as ort
 
-        from server.onnx_embedder import default_providers, session_options
+        from embedders.onnx import default_providers, session_options
 
         config = json.loads(args["model_config"])
         self._input = config["input"][0]["name"]
@@ -313,7 +320,7 @@ class TritonPythonModel:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.triton", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m embedders.local_triton", description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", required=True, type=Path, help="artifact folder with model_repository/")
     # Triton's usual 8000-8002 shifted by 10: `make serve` puts the API on 8000.
     parser.add_argument("--http-port", type=int, default=8010)

@@ -17,17 +17,15 @@ import aiohttp
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from server.embedder import (
+from embedders.base import (
     Embedder,
     EmbedderBadResponse,
     EmbedderDeadline,
     EmbedderError,
     EmbedderUnavailable,
     batch_slices,
-    check_embeddings,
-    check_images,
 )
-from server.spec import SPEC_KEY, ModelSpec
+from formats.spec import SPEC_KEY, ModelSpec
 
 UNAVAILABLE_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED", "503"}
 DEADLINE_STATUSES = {"StatusCode.DEADLINE_EXCEEDED", "504"}
@@ -187,12 +185,13 @@ class TritonEmbedder(Embedder):
     async def embed(self, images: np.ndarray) -> np.ndarray:
         if self._client is None or not self.max_batch:
             raise EmbedderUnavailable("embedder not started (or its start failed)")
-        images = check_images(images, self.spec)
+        return await super().embed(images)
+
+    async def _embed(self, images: np.ndarray) -> np.ndarray:
         parts = await asyncio.gather(
             *(self._call(lambda c, s=s: self._infer(c, images[s])) for s in batch_slices(len(images), self.max_batch))
         )
-        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return check_embeddings(out, len(images), self.spec)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     async def statistics(self) -> dict:
         """Triton's inference statistics of this model (JSON), e.g. to see the batch sizes it ran."""

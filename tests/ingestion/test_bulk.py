@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from index.bulk import index_folder, labels_from_path, main
+from embedders.base import create_embedder
 from index.gallery import Gallery
-from server.embedder import create_embedder
+from ingestion.bulk import index_folder, labels_from_path, main
 
 
 def crop(seed: int, height: int = 128, width: int = 64) -> bytes:
@@ -106,7 +106,7 @@ def test_bulk_index_skips_bad_files_and_is_idempotent(tmp_path, crops, tiny_arti
 
 
 def _pixels(path: Path, spec):
-    from server.imaging import load_image
+    from formats.images import load_image
 
     return load_image(str(path), spec.input.height, spec.input.width)
 

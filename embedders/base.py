@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from server.spec import ModelSpec
+from formats.spec import ModelSpec
 
 NORM_TOLERANCE = 1e-3  # |‖row‖ - 1| allowed for float32 rows (fp16 models stay well inside it)
 
@@ -43,9 +43,16 @@ class Embedder(ABC):
     async def start(self) -> None:
         """Connect or load, read the spec, check the model; raises EmbedderError."""
 
-    @abstractmethod
     async def embed(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) RGB -> float32 (N, D), rows of unit norm, row i for image i."""
+        """uint8 (N, H, W, 3) RGB -> float32 (N, D), rows of unit norm, row i for image i.
+
+        Every backend's answer is checked here, once, against the spec it serves."""
+        images = check_images(images, self.spec)
+        return check_embeddings(await self._embed(images), len(images), self.spec)
+
+    @abstractmethod
+    async def _embed(self, images: np.ndarray) -> np.ndarray:
+        """The backend's work on images already checked against the spec."""
 
     @abstractmethod
     async def ready(self) -> bool:
@@ -109,13 +116,13 @@ def create_embedder(
     name (defaults to the artifact folder's name, which export/ uses as the Triton model name). ``options`` go
     to the backend's constructor."""
     if backend == "onnx":
-        from server.onnx_embedder import OnnxEmbedder
+        from embedders.onnx import OnnxEmbedder
 
         if artifact is None:
             raise ValueError("the onnx backend needs artifact (a folder with model.onnx)")
         return OnnxEmbedder(Path(artifact) / "model.onnx", **options)
     if backend == "triton":
-        from server.triton_embedder import TritonEmbedder
+        from embedders.triton import TritonEmbedder
 
         if triton_url is None:
             raise ValueError("the triton backend needs triton_url")

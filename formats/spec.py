@@ -27,7 +27,7 @@ class InputSpec(_Frozen):
     dtype: Literal["uint8", "float32"] = "uint8"
     height: int = Field(gt=0)
     width: int = Field(gt=0)
-    resize: Literal["bilinear"] = "bilinear"  # cv2.INTER_LINEAR, see server/imaging.py
+    resize: Literal["bilinear"] = "bilinear"  # cv2.INTER_LINEAR, see formats/images.py
 
 
 class NormalizationSpec(_Frozen):

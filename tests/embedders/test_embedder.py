@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from server.embedder import (
+from embedders.base import (
     EmbedderBadResponse,
     EmbedderDeadline,
     EmbedderError,
@@ -15,14 +15,9 @@ from server.embedder import (
     check_images,
     create_embedder,
 )
-from server.onnx_embedder import MicroBatcher, OnnxEmbedder
-from server.spec import ModelSpec
-from tests.fixtures.triton import make_spec, write_toy_onnx
-
-
-def images_for(spec: ModelSpec, n: int, seed: int = 0) -> np.ndarray:
-    shape = (n, spec.input.height, spec.input.width, 3)
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+from embedders.onnx import MicroBatcher, OnnxEmbedder
+from formats.spec import ModelSpec
+from tests.support import images_for, make_spec, write_toy_onnx
 
 
 def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -297,7 +292,7 @@ def test_every_embedder_failure_is_an_embedder_error():
 
 @pytest.mark.gpu
 def test_onnx_embedder_runs_on_cuda_and_agrees_with_cpu(tiny_artifact):
-    from server.onnx_embedder import default_providers
+    from embedders.onnx import default_providers
 
     assert default_providers()[0] == "CUDAExecutionProvider"  # the gpu extra installs onnxruntime-gpu
 

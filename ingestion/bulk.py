@@ -1,12 +1,12 @@
 """Bulk indexing: a folder of person crops (or a CSV manifest) -> embeddings -> the gallery.
 
-    python -m index.bulk FOLDER --gallery DIR --artifact DIR            # ONNX Runtime in-process
-    python -m index.bulk FOLDER --gallery DIR --backend triton --triton-url HOST:8001 --model-name NAME
-    python -m index.bulk LIST.csv --gallery DIR --artifact DIR          # path,person_id,camera_id[,captured_at,track_id]
+    python -m ingestion.bulk FOLDER --gallery DIR --artifact DIR            # ONNX Runtime in-process
+    python -m ingestion.bulk FOLDER --gallery DIR --backend triton --triton-url HOST:8001 --model-name NAME
+    python -m ingestion.bulk LIST.csv --gallery DIR --artifact DIR          # path,person_id,camera_id[,captured_at,track_id]
 
 Labels come from Market-1501 names (0002_c1s1_000451_03.jpg: person 0002, camera 1), DukeMTMC-reID names
 (0005_c2_f0046985.jpg), or else the folder a file is in (FOLDER/<person_id>/*.jpg; camera from "_c<N>" in
-the name if there). Files are read, hashed, decoded and resized in threads through server.imaging (the
+the name if there). Files are read, hashed, decoded and resized in threads through formats.images (the
 decoder the API uses), embedded in batches through any Embedder and added in batches. Running it again
 adds nothing twice: a file whose sha256 is already in the gallery is a duplicate. Bad files are skipped
 with their reasons; nothing outside FOLDER is read (symlinks out of it and "../" or absolute manifest
@@ -21,7 +21,6 @@ import csv
 import hashlib
 import json
 import os
-import re
 import stat
 import sys
 import time
@@ -36,16 +35,13 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
+from embedders.base import Embedder, create_embedder
+from formats.images import ImageError, decode_image, resize
+from formats.names import camera_in_name, is_image_file, parse_dataset_name
 from index.errors import ModelMismatch
 from index.gallery import Gallery
 from index.records import Record
-from server.embedder import Embedder, create_embedder
-from server.imaging import ImageError, decode_image, resize
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-MARKET_NAME = re.compile(r"(-?\d+)_c(\d+)s(\d+)_(\d+)_(\d+)")  # person, camera, sequence, frame, box
-DUKE_NAME = re.compile(r"(-?\d+)_c(\d+)_f(\d+)")  # person, camera, frame
-CAMERA_IN_NAME = re.compile(r"_c(\d+)")
 MAX_FILE_BYTES = 50 * 1024 * 1024  # far above any crop; bounds memory per worker
 Layout = Literal["auto", "names", "folders"]
 
@@ -98,16 +94,10 @@ class Summary:
 
 def labels_from_path(rel: PurePosixPath, layout: Layout = "auto") -> Item:
     """Person and camera from a Market-1501 or Duke name, else from the parent folder (folder-per-person)."""
-    stem = rel.stem
-    if layout in ("auto", "names"):
-        if m := MARKET_NAME.fullmatch(stem):
-            meta = {"sequence": int(m[3]), "frame": int(m[4]), "box": int(m[5])}
-            return Item(str(rel), person_id=m[1], camera_id=m[2], metadata=meta)
-        if m := DUKE_NAME.fullmatch(stem):
-            return Item(str(rel), person_id=m[1], camera_id=m[2], metadata={"frame": int(m[3])})
+    if layout in ("auto", "names") and (name := parse_dataset_name(rel.stem)) is not None:
+        return Item(str(rel), person_id=name.person_id, camera_id=name.camera_id, metadata=dict(name.details))
     person = rel.parent.name if layout != "names" and len(rel.parts) > 1 else None
-    camera = m[1] if (m := CAMERA_IN_NAME.search(stem)) else None
-    return Item(str(rel), person_id=person or None, camera_id=camera)
+    return Item(str(rel), person_id=person or None, camera_id=camera_in_name(rel.stem))
 
 
 def walk_folder(root: Path, layout: Layout = "auto") -> tuple[list[Item], list[tuple[str, str]]]:
@@ -122,7 +112,7 @@ def walk_folder(root: Path, layout: Layout = "auto") -> tuple[list[Item], list[t
                 dirs.remove(d)
         for name in sorted(files):
             rel = PurePosixPath(_rel(root, here / name))
-            if rel.suffix.lower() not in IMAGE_SUFFIXES:
+            if not is_image_file(rel):
                 skipped.append((str(rel), "not an image file name (.jpg, .jpeg, .png, .webp)"))
                 continue
             items.append(labels_from_path(rel, layout))
@@ -259,9 +249,12 @@ async def index_items(
             prepared = await pending
             if b + 1 < len(batches):
                 pending = schedule(batches[b + 1])  # decode the next batch while this one embeds
+            # Known files are not decoded into the model again (a rerun costs reads and hashes only);
+            # gallery.add_new is what decides, under its write lock, so a concurrent writer cannot add twice.
+            known = gallery.find_hashes([p.content_hash for p in prepared if p.content_hash is not None])
             fresh = []
             for p in prepared:
-                if p.content_hash is not None and (p.content_hash in seen or gallery.find_hash(p.content_hash)):
+                if p.content_hash is not None and (p.content_hash in seen or p.content_hash in known):
                     summary.duplicates += 1
                 elif p.skip is not None:
                     summary.skipped.append((p.item.rel, p.skip))
@@ -282,8 +275,10 @@ async def index_items(
                     )
                     for p in fresh
                 ]
-                await asyncio.to_thread(gallery.add, xb, records, model_id=spec.model_id)
-                summary.indexed += len(fresh)
+                stored = await asyncio.to_thread(gallery.add_new, xb, records, model_id=spec.model_id)
+                added = sum(was_added for _, was_added in stored)
+                summary.indexed += added
+                summary.duplicates += len(stored) - added
             bar.update(len(prepared))
             bar.set_postfix(indexed=summary.indexed, dup=summary.duplicates, skip=len(summary.skipped))
     summary.seconds = time.perf_counter() - started
@@ -324,7 +319,7 @@ async def index_folder(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m index.bulk", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ingestion.bulk", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="folder of crops, or a CSV manifest (path,person_id,camera_id,...)")
     p.add_argument("--gallery", type=Path, required=True, help="gallery folder (created if missing)")
     p.add_argument("--backend", choices=["onnx", "triton"], default="onnx")

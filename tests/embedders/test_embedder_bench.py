@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from server.bench import main
-from tests.fixtures.triton import make_spec, write_toy_repository_model
+from embedders.bench import main
+from tests.support import make_spec, write_toy_repository_model
 
 
 @pytest.mark.slow

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from server.embedder import EmbedderBadResponse, EmbedderDeadline, EmbedderUnavailable
-from server.onnx_embedder import OnnxEmbedder
-from server.spec import ModelSpec
-from server.triton import LocalTriton, build_local_repository, free_port, read_config
-from server.triton_embedder import TritonEmbedder, map_triton_error
-from tests.fixtures.triton import make_spec, write_toy_repository_model
-from tests.server.test_embedder import images_for
+from client.launch import free_port
+from embedders.base import EmbedderBadResponse, EmbedderDeadline, EmbedderUnavailable
+from embedders.local_triton import LocalTriton, build_local_repository, free_ports, read_config
+from embedders.onnx import OnnxEmbedder
+from embedders.triton import TritonEmbedder, map_triton_error
+from formats.spec import ModelSpec
+from tests.support import images_for, make_spec, write_toy_repository_model
 
 
 async def onnx_reference(artifact, images):
@@ -72,7 +72,7 @@ def test_concurrent_requests_are_batched_by_triton_and_answered_per_caller(local
 def test_stopped_triton_fails_fast_and_the_same_embedder_recovers(tiny_artifact):
     # Its own server on fixed free ports, so stopping it leaves the session one alone and a restart comes back
     # where the embedder looks.
-    triton = LocalTriton(tiny_artifact, free_port(), free_port(), free_port())
+    triton = LocalTriton(tiny_artifact, *free_ports(3))
 
     async def scenario():
         embedder = TritonEmbedder(triton.url_grpc, tiny_artifact.name, timeout_s=5.0)
@@ -150,8 +150,16 @@ def test_unknown_model_is_refused_at_start(local_triton):
 @pytest.mark.slow
 def test_launcher_reports_readiness_and_exits_cleanly_on_sigterm(tiny_artifact, tmp_path):
     log_file = tmp_path / "triton.log"
-    ports = [str(free_port()) for _ in range(3)]
-    command = [sys.executable, "-m", "server.triton", "--artifact", str(tiny_artifact), "--log-file", str(log_file)]
+    ports = [str(p) for p in free_ports(3)]
+    command = [
+        sys.executable,
+        "-m",
+        "embedders.local_triton",
+        "--artifact",
+        str(tiny_artifact),
+        "--log-file",
+        str(log_file),
+    ]
     command += ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

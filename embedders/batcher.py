@@ -1,0 +1,100 @@
+"""Group concurrent embedding calls into one model call, with the policy of Triton's dynamic batcher.
+
+Used by the in-process ONNX Runtime embedder, so that many concurrent requests make a few large session calls
+(throughput) rather than many small ones, while a lone request waits at most ``max_delay_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from embedders.base import EmbedderUnavailable
+
+
+class MicroBatcher:
+    """Group concurrent ``submit`` calls into one ``run`` call, each caller getting back its own rows.
+
+    Policy of Triton's dynamic batcher with one model instance: the worker takes queued requests until the
+    batch holds max_batch rows or max_delay_s has passed since its oldest request arrived, then runs it; requests
+    arriving meanwhile wait for the next batch. A request is never split across batches (run splits oversized
+    ones itself). If run raises, every caller of that batch gets the exception.
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], Awaitable[np.ndarray]], *, max_batch: int, max_delay_s: float):
+        if max_batch < 1 or max_delay_s < 0:
+            raise ValueError("max_batch must be >= 1 and max_delay_s >= 0")
+        self._run = run
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self._queue: deque[tuple[np.ndarray, asyncio.Future, float]] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self.batch_sizes: list[int] = []  # rows per run call, for tests and benchmarks
+
+    async def submit(self, images: np.ndarray) -> np.ndarray:
+        if self._worker is None:  # started lazily so it lives on the caller's event loop
+            self._arrived = asyncio.Event()
+            self._worker = asyncio.create_task(self._work(), name="micro-batcher")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((images, future, time.monotonic()))
+        self._arrived.set()
+        return await future
+
+    def _queued_rows(self) -> int:
+        return sum(len(images) for images, _, _ in self._queue)
+
+    async def _work(self) -> None:
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            close_at = self._queue[0][2] + self.max_delay_s
+            while self._queued_rows() < self.max_batch and (wait := close_at - time.monotonic()) > 0:
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), timeout=wait)
+                except TimeoutError:
+                    break
+            batch = [self._queue.popleft()]
+            rows = len(batch[0][0])
+            while self._queue and rows + len(self._queue[0][0]) <= self.max_batch:
+                batch.append(self._queue.popleft())
+                rows += len(batch[-1][0])
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[np.ndarray, asyncio.Future, float]]) -> None:
+        arrays = [images for images, _, _ in batch]
+        self.batch_sizes.append(sum(len(a) for a in arrays))
+        try:
+            out = await self._run(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
+        except BaseException as e:  # callers of the batch must never wait forever, even when the worker is cancelled
+            failure = e if isinstance(e, Exception) else EmbedderUnavailable("embedder closed")
+            for _, future, _ in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            if not isinstance(e, Exception):
+                raise
+            return
+        start = 0
+        for images, future, _ in batch:
+            if not future.done():  # a caller that gave up (cancelled) is skipped
+                future.set_result(out[start : start + len(images)])
+            start += len(images)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        while self._queue:
+            _, future, _ = self._queue.popleft()
+            if not future.done():
+                future.set_exception(EmbedderUnavailable("embedder closed"))

@@ -1,0 +1,163 @@
+"""The app's resources (embedder, gallery): created and closed in the lifespan, retried while the backend is
+down, the readiness that follows from them, and the request path's decode and embed steps.
+
+CPU work never runs on the event loop: decoding goes to the threadpool, gallery calls (faiss, SQLite) to one
+gallery thread. One thread because the gallery's SQLite reader connections belong to the thread that made
+them and can only be closed there; faiss on one OpenMP thread is also the fastest for single queries here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from embedders.base import (
+    Embedder,
+    EmbedderDeadline,
+    EmbedderError,
+    EmbedderUnavailable,
+    create_embedder,
+)
+from formats.images import decode_image, resize
+from formats.spec import ModelSpec
+from index.errors import GalleryError, ModelMismatch
+from index.gallery import Gallery
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("server")
+T = TypeVar("T")
+START_RETRY_S = 2.0  # how often a server whose backend was down at start tries again
+
+
+class Resources:
+    """What the lifespan creates: the embedder, the gallery, and the readiness that follows from them.
+
+    When the backend is unreachable at start, the server still starts (live, not ready) and keeps retrying in
+    the background; a gallery built with another model keeps it not ready for good (never mixes embeddings).
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics, embedder: Embedder | None = None):
+        self.settings = settings
+        self.metrics = metrics
+        self.embedder = embedder
+        self.gallery: Gallery | None = None
+        self.not_ready_reason = "starting"
+        self._retry_task: asyncio.Task | None = None
+        self._gallery_thread: ThreadPoolExecutor | None = None
+
+    @property
+    def spec(self) -> ModelSpec:
+        assert self.embedder is not None
+        return self.embedder.spec
+
+    async def start(self) -> None:
+        s = self.settings
+        self._gallery_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gallery")
+        if self.embedder is None:
+            self.embedder = create_embedder(
+                s.backend,
+                artifact=s.artifact,
+                triton_url=s.triton_url,
+                model_name=s.model_name,
+                protocol=s.triton_protocol,
+            )
+        try:
+            await self._start_once()
+        except EmbedderUnavailable as exc:
+            log.warning("embedder unavailable at start (%s); retrying every %.0f s", exc, START_RETRY_S)
+            self.not_ready_reason = "the embedding backend is not reachable yet"
+            self._retry_task = asyncio.create_task(self._retry_start())
+
+    async def _start_once(self) -> None:
+        await self.embedder.start()
+        spec = self.spec
+        s = self.settings
+        try:
+            self.gallery = await self.in_gallery(
+                Gallery.open_or_create,
+                s.gallery_dir,
+                model_id=spec.model_id,
+                dim=spec.dim,
+                factory=s.index_factory,
+                threads=s.search_threads,
+            )
+        except ModelMismatch as exc:
+            log.error("gallery refused: %s", exc)
+            self.not_ready_reason = (
+                f"the gallery was built with another model than {spec.model_id}; re-index it with this model"
+            )
+            return
+        except GalleryError as exc:
+            log.error("gallery could not be opened: %s", exc)
+            self.not_ready_reason = f"the gallery could not be opened ({type(exc).__name__})"
+            return
+        self.metrics.gallery_size.set(len(self.gallery))
+        self.not_ready_reason = ""
+        log.info("serving model %s with a gallery of %d", spec.model_id, len(self.gallery))
+
+    async def _retry_start(self) -> None:
+        while True:
+            await asyncio.sleep(START_RETRY_S)
+            try:
+                await self._start_once()
+                return
+            except EmbedderUnavailable:
+                continue
+            except EmbedderError as exc:  # reachable now, but serving something this server cannot use
+                log.error("embedder refused: %s", exc)
+                self.not_ready_reason = "the embedding backend does not serve a usable model; see the server log"
+                return
+
+    async def close(self) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+        if self.embedder is not None:
+            await self.embedder.close()
+        if self.gallery is not None:
+            await self.in_gallery(self.gallery.close)
+        if self._gallery_thread is not None:
+            self._gallery_thread.shutdown(wait=True)
+
+    async def readiness(self) -> str:
+        """ "" when ready, else why not."""
+        if self.gallery is None:
+            return self.not_ready_reason or "not started"
+        if not await self.embedder.ready():
+            return "the embedding backend is not ready"
+        return ""
+
+    # The request path: each step raises an error the handlers turn into the right status.
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        """Bytes -> the model's (H, W, 3) uint8 input, through the same decoder as bulk indexing."""
+        spec, limits = self.spec, self.settings.image_limits
+
+        def work() -> np.ndarray:
+            return resize(decode_image(data, limits), spec.input.height, spec.input.width)
+
+        return await run_in_threadpool(work)
+
+    async def embed(self, images: np.ndarray) -> np.ndarray:
+        self.metrics.embed_batch.observe(len(images))
+        start = time.perf_counter()
+        try:
+            xq = await asyncio.wait_for(self.embedder.embed(images), self.settings.embed_deadline_s)
+        except TimeoutError:
+            raise EmbedderDeadline(f"the embedder did not answer within {self.settings.embed_deadline_s:g} s") from None
+        self.metrics.embed_latency.observe(time.perf_counter() - start)
+        return xq  # checked against the spec by the embedder
+
+    async def in_gallery(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Run a gallery call on the gallery thread (faiss and SQLite block)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._gallery_thread, functools.partial(fn, *args, **kwargs)
+        )
