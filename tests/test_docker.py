@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from server.settings import Settings
+from tests.deploy.nginxconf import NGINX_CONF, nginx_directives, nginx_size, upstream_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -39,3 +40,36 @@ def test_server_image_starts_the_app_the_makefile_serves():
     text = (DOCKER / "server.Dockerfile").read_text()
     assert '"server.main:app"' in text
     assert "server.main:app" in (ROOT / "Makefile").read_text()
+
+
+def test_compose_fronts_the_api_with_the_buffering_nginx_of_the_kubernetes_manifests():
+    services = yaml.safe_load((DOCKER / "compose.yml").read_text())["services"]
+    nginx, api = services["nginx"], services["api"]
+    # One config file for both deployments, mounted read-only where the official image reads it.
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in nginx["volumes"]}
+    assert (DOCKER / mounts["/etc/nginx/nginx.conf"]).resolve() == NGINX_CONF
+    conf = NGINX_CONF.read_text()
+    directives = nginx_directives(conf)
+    assert directives["proxy_request_buffering"] == ["on"]
+
+    # The same pinned image as the Kubernetes proxy.
+    proxy = next(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "base" / "proxy.yaml").read_text()))
+    k8s_image = proxy["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert nginx["image"] == k8s_image
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+(-\w+)?", nginx["image"]), f"{nginx['image']} is not pinned"
+
+    # nginx reaches the API by a name the API answers to, on the port it listens on; only nginx is published.
+    host, port = upstream_servers(conf)[0].split(":")
+    assert host in {"api", *api["networks"]["default"]["aliases"]}
+    assert "ports" not in api and port in api["expose"]
+    listen = directives["listen"][0]
+    assert [p.split(":")[-1] for p in nginx["ports"]] == [listen]
+
+    # Unprivileged on a read-only root: nginx.conf writes only under /tmp.
+    assert nginx["read_only"] is True and not nginx["user"].startswith("0")
+    assert "/tmp" in nginx["tmpfs"]
+    assert all(path.startswith("/tmp/") for path in directives["pid"] + directives["client_body_temp_path"])
+
+    # Bodies above the API's upload limit are refused by nginx with the same limit.
+    limit = int(api["environment"].get("REID_MAX_UPLOAD_BYTES", Settings().max_upload_bytes))
+    assert nginx_size(directives["client_max_body_size"][0]) == limit

@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from server.settings import Settings
+from tests.deploy.nginxconf import NGINX_CONF, nginx_directives, nginx_size, upstream_servers
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-BASE_NGINX_CONF = K8S / "base" / "nginx.conf"
 TREES = {"base": K8S / "base", "kserve": K8S / "overlays" / "kserve", "cpu": K8S / "overlays" / "cpu"}
 KUBERNETES_VERSION = "1.37.0"
 CUSTOM_KINDS = {"serving.kserve.io/v1beta1/InferenceService"}
@@ -311,23 +311,6 @@ def test_cpu_overlay_has_no_triton_and_embeds_with_onnx_from_a_volume(rendered):
     assert "persistentVolumeClaim" in volume
 
 
-def nginx_directives(text: str) -> dict[str, list[str]]:
-    """Directive name -> the values it is given anywhere in an nginx config (comments stripped)."""
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line.endswith(";") and not line.startswith(("'", '"')):
-            name, _, value = line[:-1].partition(" ")
-            out.setdefault(name, []).append(value.strip())
-    return out
-
-
-def nginx_size(value: str) -> int:
-    units = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-    number, unit = re.fullmatch(r"(\d+)([kmg]?)", value.lower()).groups()
-    return int(number) * units[unit]
-
-
 @pytest.mark.parametrize("tree", TREES)
 def test_the_public_service_is_the_buffering_proxy_in_front_of_the_api(rendered, tree):
     objects = rendered[tree]
@@ -337,7 +320,7 @@ def test_the_public_service_is_the_buffering_proxy_in_front_of_the_api(rendered,
     nginx = proxy["spec"]["containers"][0]
     config_volume = next(v for v in proxy["spec"]["volumes"] if "configMap" in v)
     conf = one(objects, "ConfigMap", config_volume["configMap"]["name"])["data"]["nginx.conf"]
-    assert conf == BASE_NGINX_CONF.read_text(), "the proxy's ConfigMap is not deploy/k8s/base/nginx.conf"
+    assert conf == NGINX_CONF.read_text(), "the proxy's ConfigMap is not deploy/k8s/base/nginx.conf"
 
     directives = nginx_directives(conf)
     assert directives["proxy_request_buffering"] == ["on"]
@@ -347,8 +330,7 @@ def test_the_public_service_is_the_buffering_proxy_in_front_of_the_api(rendered,
     assert {int(v) for v in directives["listen"]} == container_ports
     # nginx sends to the API's Service, and refuses bodies exactly above the API's own upload limit.
     api_service = one(objects, "Service", "reid-api")
-    upstream = [v for v in directives["server"] if ":" in v]
-    assert upstream == [f"reid-api:{api_service['spec']['ports'][0]['port']}"]
+    assert upstream_servers(conf) == [f"reid-api:{api_service['spec']['ports'][0]['port']}"]
     limit = nginx_size(directives["client_max_body_size"][0])
     assert limit == int(api_config(objects)["REID_MAX_UPLOAD_BYTES"]) == Settings().max_upload_bytes
     assert f"larger than {limit} bytes" in conf
