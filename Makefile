@@ -18,8 +18,9 @@ GALLERY_DIR ?= galleries/$(NAME)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+MANIFESTS ?= build/k8s
 
-.PHONY: help setup lint format test test-gpu data baseline train evaluate export triton serve index bench viz demo clean
+.PHONY: help setup lint format test test-gpu data baseline train evaluate export triton serve index bench viz demo manifests clean
 
 help: ## list the targets, one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -83,6 +84,12 @@ viz: setup ## attention maps (Grad-CAM) of CKPT on a few query images
 
 demo: setup ## the whole pipeline on synthetic data: data, train, export, index, serve a search
 	bash scripts/demo.sh
+
+manifests: ## render the Kubernetes base and overlays (kubectl kustomize) into MANIFESTS
+	@mkdir -p $(MANIFESTS)
+	kubectl kustomize deploy/k8s/base > $(MANIFESTS)/base.yaml
+	kubectl kustomize deploy/k8s/overlays/kserve > $(MANIFESTS)/kserve.yaml
+	kubectl kustomize deploy/k8s/overlays/cpu > $(MANIFESTS)/cpu.yaml
 
 clean: ## remove generated data, checkpoints, artifacts, galleries and benchmark output
 	rm -rf data checkpoints artifacts galleries runs bench

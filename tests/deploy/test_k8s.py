@@ -8,6 +8,7 @@ structural check in ``check_inference_service`` instead.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -345,3 +346,50 @@ def test_yamllint_passes_on_deploy():
         timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def render_with_components(tmp_path: Path, *components: str) -> list[dict]:
+    """The base plus components, through an overlay outside the repository, as a user's own overlay would be."""
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed: nothing renders the manifests")
+    rel = Path(os.path.relpath(K8S, tmp_path))
+    lines = ["resources:", f"  - {rel / 'base'}", "components:", *(f"  - {rel / 'components' / c}" for c in components)]
+    (tmp_path / "kustomization.yaml").write_text("\n".join(lines) + "\n")
+    run = subprocess.run([KUBECTL, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    objects = [doc for doc in yaml.safe_load_all(run.stdout) if doc]
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    return objects
+
+
+def test_model_repository_pvc_component_mounts_the_claim_instead_of_copying(tmp_path):
+    objects = render_with_components(tmp_path, "model-repository-pvc")
+    spec = one(objects, "Deployment", "reid-triton")["spec"]["template"]["spec"]
+    assert "initContainers" not in spec
+    # The patch replaces a volume by position: it must still be the models volume, and every mount must resolve.
+    names = [v["name"] for v in spec["volumes"]]
+    assert len(names) == len(set(names)) and {m["name"] for m in spec["containers"][0]["volumeMounts"]} <= set(names)
+    models = next(v for v in spec["volumes"] if v["name"] == "models")
+    assert models == {
+        "name": "models",
+        "persistentVolumeClaim": {"claimName": "reid-model-repository", "readOnly": True},
+    }
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "models")
+    assert mount["readOnly"] is True
+    assert not [o for o in find(objects, "ConfigMap") if o["metadata"]["name"].startswith("reid-model-source")]
+
+
+def test_queue_autoscaling_component_scales_triton_on_its_pending_requests(tmp_path):
+    objects = render_with_components(tmp_path, "triton-queue-autoscaling")
+    [metric] = one(objects, "HorizontalPodAutoscaler", "reid-triton")["spec"]["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "nv_inference_pending_request_count"
+
+
+def test_make_manifests_writes_the_renders_the_tests_check(rendered, tmp_path):
+    run = subprocess.run(
+        ["make", "-s", "manifests", f"MANIFESTS={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    for tree, objects in rendered.items():
+        assert [doc for doc in yaml.safe_load_all((tmp_path / f"{tree}.yaml").read_text()) if doc] == objects
