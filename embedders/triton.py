@@ -5,12 +5,19 @@ spec; the config's input and output must agree with it. Each call sends uint8 ba
 size; the parts go concurrently so Triton's dynamic batcher may merge them with other callers), under a
 per-request deadline, with a bounded retry with backoff for unavailability only. After a failure of that kind
 the client is rebuilt, so the embedder reconnects by itself once Triton is back.
+
+Several Triton replicas: a Kubernetes Service balances connections, not calls, and one gRPC channel is one
+connection, so one API process would pin one replica. The gRPC channel balances itself instead (its
+``round_robin`` policy, one subchannel per address): give ``dns:///triton-headless.NS.svc.cluster.local:8001``
+(a headless Service resolves to every replica, re-resolved as replicas come and go) or a list of addresses
+``10.0.0.7:8001,10.0.0.8:8001``. Every call then goes to the next ready replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Literal
 
 import aiohttp
@@ -38,11 +45,34 @@ GRPC_CHANNEL_ARGS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
     # A rebuilt client must dial afresh, not share the old channel's subchannel that is still backing off.
     ("grpc.use_local_subchannel_pool", 1),
+    # Spread calls over every address the target resolves to (replicas behind a headless Service).
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.dns_min_time_between_resolutions_ms", 5000),
 ]
 
 
+def grpc_target(url: str) -> str:
+    """A gRPC channel target for ``url``: "host:port", a gRPC URI ("dns:///name:port", "ipv4:..."), or a comma
+    list of addresses, which becomes gRPC's static list ("ipv4:a:p,b:p"; names in a list are resolved once here)."""
+    addresses = [part.strip() for part in url.split(",") if part.strip()]
+    if len(addresses) <= 1 or ":///" in url or url.startswith(("ipv4:", "ipv6:")):
+        return url.strip()
+    resolved = []
+    for address in addresses:
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"{address!r} in the Triton URL list is not host:port")
+        try:
+            ip = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        except OSError as exc:
+            raise ValueError(f"cannot resolve {host!r} in the Triton URL list ({exc})") from None
+        resolved.append(f"{ip}:{port}")
+    return "ipv4:" + ",".join(resolved)
+
+
 class TritonEmbedder(Embedder):
-    """Embeddings from model ``model_name`` on the Triton at ``url`` ("host:port", no scheme).
+    """Embeddings from model ``model_name`` on the Triton at ``url`` ("host:port", no scheme; see grpc_target for
+    several replicas).
 
     timeout_s is the deadline of one request to Triton (each attempt); retries is how many more attempts an
     unavailable Triton gets, backoff_s doubling between them. max_batch caps the rows of one request (default
@@ -63,6 +93,8 @@ class TritonEmbedder(Embedder):
     ) -> None:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        if protocol == "http" and "," in url:
+            raise ValueError("several Triton addresses need the grpc protocol (its channel balances the calls)")
         self.url, self.model_name, self.protocol, self.model_version = url, model_name, protocol, model_version
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self._client = None
@@ -76,7 +108,7 @@ class TritonEmbedder(Embedder):
         if self.protocol == "grpc":
             import tritonclient.grpc.aio as grpcclient
 
-            return grpcclient.InferenceServerClient(self.url, channel_args=GRPC_CHANNEL_ARGS)
+            return grpcclient.InferenceServerClient(grpc_target(self.url), channel_args=GRPC_CHANNEL_ARGS)
         import tritonclient.http.aio as httpclient
 
         return httpclient.InferenceServerClient(self.url, conn_timeout=self.timeout_s)
