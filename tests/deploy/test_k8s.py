@@ -263,7 +263,7 @@ def test_base_triton_serves_on_a_gpu_behind_a_headless_service(rendered):
     grpc_port = next(p["port"] for p in headless["spec"]["ports"] if p["name"] == "grpc")
     # The API resolves the headless name to every replica's address.
     config = api_config(objects)
-    assert config["REID_TRITON_URL"] == f"reid-triton-headless:{grpc_port}"
+    assert config["REID_TRITON_URL"] == f"dns:///reid-triton-headless:{grpc_port}"
     assert config["REID_TRITON_PROTOCOL"] == "grpc"
 
     hpa = one(objects, "HorizontalPodAutoscaler", "reid-triton")
