@@ -73,8 +73,12 @@ def resolve_root(data_root: str | Path, dataset: str = "auto") -> Path:
     return root
 
 
-def read_dataset(data_root: str | Path, dataset: str = "auto") -> ReIDDataset:
-    """Read a data set in the Market-1501 layout or MSMT17's list-file layout; raise a clear error otherwise."""
+def read_dataset(data_root: str | Path, dataset: str = "auto", msmt_train_val: bool = False) -> ReIDDataset:
+    """Read a data set in the Market-1501 layout or MSMT17's list-file layout; raise a clear error otherwise.
+
+    ``msmt_train_val``: MSMT17's training split is list_train.txt and also list_val.txt (the authors train on
+    list_train.txt alone, the default).
+    """
     root = resolve_root(data_root, dataset)
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist")
@@ -85,7 +89,7 @@ def read_dataset(data_root: str | Path, dataset: str = "auto") -> ReIDDataset:
             raise FileNotFoundError(f"{root} is missing {missing} (the Market-1501 layout needs {MARKET_SPLITS})")
         train, query, gallery = (_read_market_folder(root / split) for split in MARKET_SPLITS)
     elif (root / MSMT_LISTS["train"][0]).is_file():
-        train, query, gallery = (_read_msmt_lists(root, part) for part in ("train", "query", "gallery"))
+        train, query, gallery = (_read_msmt_lists(root, part, msmt_train_val) for part in ("train", "query", "gallery"))
     else:
         raise FileNotFoundError(
             f"{root} holds neither the Market-1501 layout ({', '.join(MARKET_SPLITS)}/) nor MSMT17's list files "
@@ -121,11 +125,13 @@ def _read_market_folder(folder: Path) -> list[Sample]:
     return samples
 
 
-def _read_msmt_lists(root: Path, part: str) -> list[Sample]:
+def _read_msmt_lists(root: Path, part: str, with_val: bool = False) -> list[Sample]:
     """MSMT17 lines: ``0000/0000_000_01_0303morning_0015_0.jpg 0`` (relative to train/ or test/); camera = field 3."""
     image_dir = root / ("train" if part == "train" else "test")
     samples = []
     for list_name in MSMT_LISTS[part]:
+        if list_name == "list_val.txt" and not with_val:
+            continue
         list_path = root / list_name
         if not list_path.is_file():
             if list_name == "list_val.txt":

@@ -4,13 +4,18 @@ For each query, gallery images of the same person seen by the same camera are ig
 easy), and queries with no remaining match are skipped, as torchreid and fast-reid do. Also: feature
 extraction with flip-TTA, k-reciprocal re-ranking, an ROC summary and the match threshold the server uses.
 
-    python -m training.evaluate CHECKPOINT --data DIR [--rerank] [--write-meta]
+Two galleries (``PROTOCOLS``), both reported: "standard" keeps the distractors (person 0) as negatives, as the
+data sets' own evaluation code, torchreid and fast-reid do; "apnet" drops them, as the APNet authors' Market-1501
+reader does (their DukeMTMC-reID and MSMT17 readers keep every gallery image), which removes hard negatives and
+raises rank-1 and mAP. On a gallery without person 0 the two agree.
+
+    python -m training.evaluate CHECKPOINT --data DIR [--protocol standard|apnet] [--rerank] [--write-meta]
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,8 @@ from torch.utils.data import DataLoader
 
 from training.checkpoint import load_checkpoint, update_meta
 from training.data import ImageDataset, ReIDDataset, eval_transform, read_dataset
+
+PROTOCOLS = ("standard", "apnet")
 
 
 def evaluate_rank(
@@ -179,6 +186,8 @@ class EvalResult:
     metrics: dict[str, float]  # rank1, rank5, rank10, mAP, mINP
     roc: dict[str, dict[str, float]]
     threshold: dict[str, float]  # {"score": cosine similarity, "fpr": target}
+    protocol: str = "standard"  # the gallery of metrics, roc and threshold
+    by_protocol: dict[str, dict[str, float]] = field(default_factory=dict)  # every protocol's metrics + "gallery" size
 
 
 def evaluate_features(
@@ -206,6 +215,42 @@ def evaluate_features(
     return EvalResult(metrics=metrics, roc=roc, threshold=threshold)
 
 
+def protocol_gallery(g_pids: np.ndarray, protocol: str) -> np.ndarray:
+    """Boolean mask of the gallery images a protocol keeps (see the module docstring)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    g_pids = np.asarray(g_pids)
+    return g_pids != 0 if protocol == "apnet" else np.ones(len(g_pids), dtype=bool)
+
+
+def evaluate_protocols(
+    qf: np.ndarray,
+    gf: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    protocol: str = "standard",
+    **options,
+) -> EvalResult:
+    """``evaluate_features`` (``options``: metric, rerank, threshold_fpr) on the gallery of ``protocol``, with
+    every protocol's metrics in ``by_protocol``; a protocol that keeps the same images is not computed twice."""
+    g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
+    protocol_gallery(g_pids, protocol)  # validates the name before any work
+    results: dict[str, EvalResult] = {}
+    galleries: dict[str, int] = {}
+    for name in PROTOCOLS:
+        keep = protocol_gallery(g_pids, name)
+        twin = next((n for n in results if np.array_equal(protocol_gallery(g_pids, n), keep)), None)
+        if twin is not None:
+            results[name] = results[twin]
+        else:
+            results[name] = evaluate_features(qf, gf[keep], q_pids, g_pids[keep], q_camids, g_camids[keep], **options)
+        galleries[name] = int(keep.sum())
+    by_protocol = {name: r.metrics | {"gallery": galleries[name]} for name, r in results.items()}
+    return replace(results[protocol], protocol=protocol, by_protocol=by_protocol)
+
+
 def evaluate_model(
     model: torch.nn.Module,
     data: ReIDDataset,
@@ -219,17 +264,30 @@ def evaluate_model(
     metric: str = "cosine",
     rerank: bool = False,
     threshold_fpr: float = 1e-3,
+    protocol: str = "standard",
 ) -> EvalResult:
     def loader(samples):
         return DataLoader(ImageDataset(samples, height, width, eval_transform()), batch_size, num_workers=num_workers)
 
     qf, q_pids, q_camids = extract_features(model, loader(data.query), device, flip)
     gf, g_pids, g_camids = extract_features(model, loader(data.gallery), device, flip)
-    return evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric, rerank, threshold_fpr)
+    return evaluate_protocols(
+        qf, gf, q_pids, g_pids, q_camids, g_camids, protocol, metric=metric, rerank=rerank, threshold_fpr=threshold_fpr
+    )
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def format_protocols(result: EvalResult) -> str:
+    """One line per protocol, the one that result.metrics holds marked with a star."""
+    lines = []
+    for name, row in result.by_protocol.items():
+        metrics = {k: v for k, v in row.items() if k != "gallery"}
+        star = "*" if name == result.protocol else " "
+        lines.append(f"{name + star:<9} ({row['gallery']} gallery images)  {format_metrics(metrics)}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,6 +296,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="data root (Market-1501 layout or MSMT17 list files)")
     parser.add_argument("--dataset", default="auto", help="market1501 | duke | msmt17 | auto (a sub-folder of --data)")
     parser.add_argument("--metric", default="cosine", choices=("cosine", "euclidean"))
+    parser.add_argument(
+        "--protocol",
+        default="standard",
+        choices=PROTOCOLS,
+        help="the gallery of the threshold and of --write-meta's metrics: standard keeps the distractors (person 0), "
+        "apnet drops them as the APNet authors' Market-1501 reader does; both are printed",
+    )
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
     parser.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
     parser.add_argument("--fpr", type=float, default=1e-3, help="false-positive rate of the match threshold")
@@ -262,12 +327,19 @@ def main(argv: list[str] | None = None) -> None:
         metric=args.metric,
         rerank=args.rerank,
         threshold_fpr=args.fpr,
+        protocol=args.protocol,
     )
-    print(format_metrics(result.metrics))
+    print(format_protocols(result))
     for target, row in result.roc.items():
         print(f"FPR {target}: TPR {row['tpr']:.4f} at cosine similarity >= {row['score']:.4f}")
     if args.write_meta:
-        update_meta(args.checkpoint, metrics=result.metrics, threshold=result.threshold)
+        update_meta(
+            args.checkpoint,
+            metrics=result.metrics,
+            threshold=result.threshold,
+            protocol=result.protocol,
+            metrics_by_protocol=result.by_protocol,
+        )
         print(f"metrics and threshold written to {Path(args.checkpoint) / 'meta.json'}")
 
 

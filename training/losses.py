@@ -1,10 +1,53 @@
-"""Losses of the seed recipe: label-smoothed cross-entropy, batch-hard triplet, optional center loss."""
+"""Losses of the seed recipe: label-smoothed cross-entropy, batch-hard triplet, optional center loss.
+
+Under DistributedDataParallel the triplet loss mines over the whole P x K batch, as the authors' single-process
+DataParallel training does: every rank gathers all ranks' features and labels and computes the same full-batch
+loss. The gather passes gradients back to the rank that owns each feature, summed over ranks (every rank holds
+the full-batch gradient, so the sum is world_size times it); DDP's gradient averaging divides by world_size,
+so the parameters get exactly the single-process gradient.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
+
+
+class _AllGather(torch.autograd.Function):
+    """All ranks' rows in rank order; backward sums the gradient over ranks and keeps this rank's rows.
+
+    Written here because torch's differentiable all_gather (torch.distributed.nn) is deprecated for one in a
+    private module whose backward needs reduce-scatter, which gloo (CPU) lacks; all_reduce works everywhere.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_across_ranks(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' features and labels, concatenated in rank order (unchanged outside a multi-process group).
+
+    Gradients reach this rank's own slice only (summed over the ranks that computed a loss on it); labels
+    carry none. Every rank must hold the same number of rows.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return features, labels
+    gathered = _AllGather.apply(features)
+    parts = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, labels.contiguous())
+    return gathered, torch.cat(parts)
 
 
 def batch_hard_triplet_loss(features: torch.Tensor, labels: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
@@ -42,8 +85,10 @@ class ReIDLoss(nn.Module):
         label_smoothing: float = 0.1,
         triplet_margin: float = 0.3,
         center_weight: float = 0.0,
+        gather: bool = True,
     ):
         super().__init__()
+        self.gather = gather  # mine triplets over all ranks' batches under DDP
         self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.margin = triplet_margin
         self.center_weight = center_weight
@@ -53,7 +98,8 @@ class ReIDLoss(nn.Module):
         self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         ce = self.ce(logits.float(), labels)
-        triplet = batch_hard_triplet_loss(features, labels, self.margin)
+        pool, pool_labels = gather_across_ranks(features, labels) if self.gather else (features, labels)
+        triplet = batch_hard_triplet_loss(pool, pool_labels, self.margin)
         total = ce + triplet
         parts = {"ce": ce.item(), "triplet": triplet.item()}
         if self.center is not None:

@@ -4,6 +4,10 @@ The pyramid sits at five places (after the stem and after each residual stage). 
 L attentions at every place, finest first: a 4-group split-attend-merge-stack block (level 3), a 2-group
 one (level 2), then a squeeze-and-excitation channel attention with 8 hidden units (level 1).
 Levels 0-2 match the paper authors' implementation parameter for parameter; level 3 also runs here.
+
+The authors' ResNet has no ReLU between the stem's BatchNorm and its max-pool (the call is commented out in
+their forward), so the stem passes negative activations on to layer1; ``stem_relu=False`` reproduces that,
+``stem_relu=True`` (the default, which every checkpoint without the key was trained with) is torchvision's stem.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class APNetConfig:
     level: int = 2
     num_classes: int = 751
     last_stride: int = 1
+    stem_relu: bool = True  # False: the authors' stem (conv1, bn1, max-pool, no ReLU)
 
 
 class SEAttention(nn.Module):
@@ -99,7 +104,8 @@ class APNet(nn.Module):
         resnet = getattr(torchvision.models, cfg.backbone)(weights=None)
         if cfg.last_stride == 1:
             _remove_first_stride(resnet.layer4[0])
-        stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        # An Identity in place of the ReLU keeps the module layout (and the state_dict keys) of both variants.
+        stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu if cfg.stem_relu else nn.Identity(), resnet.maxpool)
         self.stages = nn.ModuleList([stem, resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4])
         channels = [resnet.conv1.out_channels] + [_out_channels(stage) for stage in self.stages[1:]]
         self.pyramid = nn.ModuleList([pyramid_place(c, cfg.level) for c in channels])
@@ -142,22 +148,27 @@ def _out_channels(stage: nn.Sequential) -> int:
 
 
 def _backbone_key(key: str) -> str | None:
-    """torchvision ResNet state_dict key -> APNet key (None for the ImageNet classifier)."""
+    """torchvision ResNet state_dict key -> APNet key; None for the ImageNet classifier and for unknown keys."""
     head, _, rest = key.partition(".")
-    if head == "fc":
-        return None
     if head in ("conv1", "bn1"):
         return f"stages.0.{0 if head == 'conv1' else 1}.{rest}"
-    if head.startswith("layer"):
+    if head.startswith("layer") and head[len("layer") :].isdigit():
         return f"stages.{head[len('layer') :]}.{rest}"
-    raise KeyError(f"unexpected key {key!r} in a torchvision ResNet state_dict")
+    return None
+
+
+# BatchNorm's step counter, added to torchvision's files after 2018 (torch 0.4.1): the files the authors name,
+# e.g. resnet50-19c8e357.pth, lack it. It only matters for BatchNorm with momentum=None, which ResNet does not use.
+OPTIONAL_SUFFIX = ".num_batches_tracked"
 
 
 def load_imagenet_weights(model: APNet, path: str | Path | None = None) -> None:
     """Initialise the backbone from ImageNet weights (pyramid, BNNeck and classifier keep their init).
 
-    ``path``: a local ``.pth`` in torchvision's ResNet state_dict format (e.g. resnet50-0676ba61.pth).
-    Without it the weights come from torchvision's weights enum, which downloads them (and fails offline).
+    ``path``: a local ``.pth`` in torchvision's ResNet state_dict format, old (resnet50-19c8e357.pth, without
+    BatchNorm's num_batches_tracked) or new (resnet50-0676ba61.pth, resnet50-11ad3fa6.pth). Without it the
+    weights come from torchvision's weights enum, which downloads them (and fails offline). Any key other than
+    a missing num_batches_tracked that does not match the model is an error listing every such key.
     """
     if path is None:
         weights = torchvision.models.get_model_weights(model.cfg.backbone).IMAGENET1K_V1
@@ -174,19 +185,21 @@ def load_imagenet_weights(model: APNet, path: str | Path | None = None) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"ImageNet weights not found: {path} (expected a torchvision ResNet .pth)")
         state = torch.load(path, map_location="cpu", weights_only=True)
-    mapped = {}
+    mapped, unexpected = {}, []
     for key, value in state.items():
         new_key = _backbone_key(key)
         if new_key is not None:
             mapped[new_key] = value
+        elif not key.startswith("fc."):
+            unexpected.append(key)
     own = model.state_dict()
     expected = {k for k in own if k.startswith("stages.")}
-    missing, unexpected = expected - mapped.keys(), mapped.keys() - expected
+    missing = sorted(k for k in expected - mapped.keys() if not k.endswith(OPTIONAL_SUFFIX))
+    unexpected = sorted(unexpected + [k for k in mapped if k not in expected])
     if missing or unexpected:
         raise ValueError(
             f"{path or 'downloaded weights'} does not match a torchvision {model.cfg.backbone}: "
-            f"{len(missing)} missing keys (e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected "
-            f"(e.g. {sorted(unexpected)[:3]})"
+            f"{len(missing)} missing keys {missing}, {len(unexpected)} unexpected keys {unexpected}"
         )
     for key, value in mapped.items():
         if own[key].shape != value.shape:

@@ -68,8 +68,12 @@ def test_msmt17_list_files(tmp_path):
     (root / "list_query.txt").write_text("0000/0000_000_02_0303noon_0001_0.jpg 0\n")
     (root / "list_gallery.txt").write_text("0000/0000_001_07_0303noon_0002_0.jpg 0\n")
     data = read_dataset(root)
-    # MSMT17's label 0 is a real person (not a distractor): it is kept, train (with val) relabelled.
-    assert sorted((s.pid, s.camid) for s in data.train) == [(0, 0), (1, 4)]
+    # MSMT17's label 0 is a real person (not a distractor): it is kept. Train is list_train.txt alone, as the
+    # authors train; msmt_train_val adds list_val.txt (relabelled with it).
+    assert [(s.pid, s.camid) for s in data.train] == [(0, 0)]
+    with_val = read_dataset(root, msmt_train_val=True)
+    assert sorted((s.pid, s.camid) for s in with_val.train) == [(0, 0), (1, 4)]
+    assert with_val.query == data.query and with_val.gallery == data.gallery
     assert [s.camid for s in data.query] == [1] and [s.camid for s in data.gallery] == [6]
     assert data.query[0].pid == data.gallery[0].pid > 0
     assert all(Path(s.path).is_file() for s in data.train + data.query + data.gallery)

@@ -134,3 +134,62 @@ def test_imagenet_download_failure_names_the_local_path_option(monkeypatch):
     model = APNet(APNetConfig(backbone="resnet18", level=0, num_classes=4))
     with pytest.raises(RuntimeError, match="pretrained=/path/to/resnet18.pth"):
         load_imagenet_weights(model)
+
+
+def _without_batch_counters(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def test_the_official_weight_file_format_loads_old_and_new_alike(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(weights=None)
+    # resnet50-19c8e357.pth, the file the authors name, predates BatchNorm's num_batches_tracked buffers and
+    # the zip serialisation; this is its key set, in its format.
+    old_state = _without_batch_counters(reference.state_dict())
+    assert len(reference.state_dict()) - len(old_state) == 53
+    old = tmp_path / "resnet50-19c8e357.pth"
+    torch.save(old_state, old, _use_new_zipfile_serialization=False)
+    new = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(reference.state_dict(), new)
+    for path in (old, new):
+        model = APNet(APNetConfig(backbone="resnet50", level=2, num_classes=4))
+        load_imagenet_weights(model, path)
+        assert torch.equal(model.stages[0][0].weight, reference.conv1.weight)
+        assert torch.equal(model.stages[3][5].bn3.running_mean, reference.layer3[5].bn3.running_mean)
+
+    # Anything else that does not match still refuses, naming every offending key.
+    model = APNet(APNetConfig(backbone="resnet50", level=2, num_classes=4))
+    broken = dict(old_state)
+    del broken["layer1.0.conv1.weight"], broken["layer4.2.bn3.running_var"]
+    broken["layer1.0.attention.weight"] = torch.zeros(1)
+    broken["head.weight"] = torch.zeros(1)
+    torch.save(broken, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="does not match") as error:
+        load_imagenet_weights(model, tmp_path / "broken.pth")
+    message = str(error.value)
+    for key in ("stages.1.0.conv1.weight", "stages.4.2.bn3.running_var", "stages.1.0.attention.weight", "head.weight"):
+        assert key in message
+    assert "2 missing" in message and "2 unexpected" in message and "num_batches_tracked" not in message
+
+
+def test_stem_relu_setting_switches_the_relu_after_bn1_only():
+    torch.manual_seed(0)
+    with_relu = APNet(APNetConfig(backbone="resnet18", level=2, num_classes=4, stem_relu=True)).eval()
+    authors = APNet(APNetConfig(backbone="resnet18", level=2, num_classes=4, stem_relu=False)).eval()
+    assert with_relu.state_dict().keys() == authors.state_dict().keys()  # checkpoints load into either
+    authors.load_state_dict(with_relu.state_dict())
+    conv, bn, _, pool = authors.stages[0]
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        normalised = bn(conv(x))
+        assert (normalised < 0).any()
+        # The authors' forward: conv1, bn1, max-pool (their ReLU call is commented out).
+        torch.testing.assert_close(authors.stages[0](x), pool(normalised), rtol=0, atol=0)
+        torch.testing.assert_close(with_relu.stages[0](x), pool(normalised.relu()), rtol=0, atol=0)
+        assert (authors.stages[0](x) < 0).any() and not (with_relu.stages[0](x) < 0).any()
+        assert not torch.allclose(authors(x), with_relu(x))
+    assert not any(isinstance(m, nn.ReLU) for m in authors.stages[0])
+    # The parameter count is the authors' either way (a ReLU has none).
+    assert _count(authors) == _count(with_relu)
