@@ -39,6 +39,7 @@ class TrainConfig:
     flip_prob: float = 0.5
     pad: int = 10
     erase_prob: float = 0.5
+    erase_value: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # per channel, after normalisation
     # optimisation
     lr: float = 4e-4
     weight_decay: float = 1e-3

@@ -170,16 +170,26 @@ class ImageDataset(Dataset):
         return self.transform(image), sample.pid, sample.camid
 
 
-def train_transform(height: int, width: int, flip: float = 0.5, pad: int = 10, erase: float = 0.5) -> v2.Transform:
-    """The seed's augmentation on an already resized uint8 CHW image: flip, pad + random crop, normalise, erase."""
+def train_transform(
+    height: int,
+    width: int,
+    flip: float = 0.5,
+    pad: int = 10,
+    erase: float = 0.5,
+    erase_value: tuple[float, ...] = (0.0, 0.0, 0.0),
+) -> v2.Transform:
+    """The seed's augmentation on an already resized uint8 CHW image: flip, pad + random crop, normalise, erase.
+
+    ``erase_value``: what an erased box holds, per channel, after normalisation: 0 paints the ImageNet mean
+    colour; the authors' code writes the mean's own numbers (0.485, 0.456, 0.406) into the normalised tensor.
+    """
     return v2.Compose(
         [
             v2.RandomHorizontalFlip(flip),
             v2.RandomCrop((height, width), padding=pad),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            # Erasing after normalisation with value 0 paints the ImageNet mean colour.
-            v2.RandomErasing(erase, scale=(0.02, 0.4), ratio=(0.3, 3.33), value=0),
+            v2.RandomErasing(erase, scale=(0.02, 0.4), ratio=(0.3, 3.33), value=list(erase_value)),
         ]
     )
 

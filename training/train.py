@@ -175,7 +175,7 @@ class TrainData:
 def build_train_data(cfg: TrainConfig, data: ReIDDataset, rt: Runtime) -> TrainData:
     p = cfg.ids_per_batch // rt.world_size
     sampler = PKBatchSampler([s.pid for s in data.train], p, cfg.images_per_id, cfg.seed, rt.rank, rt.world_size)
-    transform = train_transform(cfg.height, cfg.width, cfg.flip_prob, cfg.pad, cfg.erase_prob)
+    transform = train_transform(cfg.height, cfg.width, cfg.flip_prob, cfg.pad, cfg.erase_prob, tuple(cfg.erase_value))
     generator = torch.Generator().manual_seed(cfg.seed + rt.rank)
     loader = DataLoader(
         ImageDataset(data.train, cfg.height, cfg.width, transform),

@@ -140,3 +140,16 @@ def test_train_transform_keeps_the_size_and_augments():
     assert not all(torch.equal(outputs[0], o) for o in outputs[1:])
     plain = train_transform(32, 16, flip=0.0, pad=0, erase=0.0)(image)
     assert torch.allclose(plain, eval_transform()(image))
+
+
+def test_random_erasing_fills_with_the_configured_value():
+    image = torch.full((3, 32, 16), 128, dtype=torch.uint8)
+    plain = eval_transform()(image)
+    authors = (0.485, 0.456, 0.406)  # the authors write these numbers into the normalised tensor
+    for value in [(0.0, 0.0, 0.0), authors]:
+        torch.manual_seed(0)
+        erased = train_transform(32, 16, flip=0.0, pad=0, erase=1.0, erase_value=value)(image)
+        changed = (erased != plain).any(dim=0)
+        assert changed.any()
+        for c in range(3):
+            assert torch.allclose(erased[c][changed], torch.tensor(value[c]))

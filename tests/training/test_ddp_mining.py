@@ -73,7 +73,6 @@ def _run_ranks(tmp_path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_mine_the_whole_batch_like_one_process(tmp_path):
-    torch.set_num_threads(1)
     images, labels = _batch()
     single = _step(_model(), ReIDLoss(CLASSES, 512), images, labels)
     both = _run_ranks(tmp_path)

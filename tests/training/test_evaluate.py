@@ -11,6 +11,8 @@ from torchvision.transforms import v2
 from training.checkpoint import data_meta, save_checkpoint
 from training.data import ImageDataset, eval_transform, read_dataset
 from training.evaluate import (
+    evaluate_features,
+    evaluate_protocols,
     evaluate_rank,
     extract_features,
     main,
@@ -151,6 +153,46 @@ def test_cli_prints_metrics_and_writes_the_threshold(tiny_market, tmp_path, caps
     main([str(tmp_path / "ckpt"), "--data", str(tiny_market), "--write-meta", "--rerank", "--fpr", "0.01"])
     out = capsys.readouterr().out
     assert "rank1" in out and "mAP" in out and "mINP" in out and "FPR 0.01" in out
+    # Both protocols are printed, the chosen one starred: the tiny gallery's one distractor is dropped by apnet.
+    assert "standard* (9 gallery images)" in out and "apnet     (8 gallery images)" in out
     meta = json.loads((tmp_path / "ckpt" / "meta.json").read_text())
     assert set(meta["metrics"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
     assert meta["threshold"]["fpr"] == 0.01 and -1.0 <= meta["threshold"]["score"] <= 1.0
+    assert meta["protocol"] == "standard" and set(meta["metrics_by_protocol"]) == {"standard", "apnet"}
+
+    main([str(tmp_path / "ckpt"), "--data", str(tiny_market), "--write-meta", "--protocol", "apnet"])
+    assert "apnet*" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "ckpt" / "meta.json").read_text())
+    assert meta["protocol"] == "apnet"
+    assert meta["metrics"] == {k: v for k, v in meta["metrics_by_protocol"]["apnet"].items() if k != "gallery"}
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "ckpt"), "--data", str(tiny_market), "--protocol", "official"])
+
+
+def _with_distractors():
+    """Two queries, each with one cross-camera match; a distractor (person 0) sits nearer than query 0's match."""
+    q_pids, q_cams = np.array([1, 2]), np.array([0, 0])
+    g_pids, g_cams = np.array([0, 1, 2, 0, 3]), np.array([1, 1, 1, 2, 2])
+    qf = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    gf = np.array([[0.95, 0.05, 0.0], [0.8, 0.2, 0.1], [0.0, 0.9, 0.1], [0.0, 0.0, 1.0], [0.3, 0.3, 0.9]])
+    return qf, gf, q_pids, g_pids, q_cams, g_cams
+
+
+def test_the_apnet_protocol_drops_distractors_from_the_gallery_and_standard_keeps_them():
+    qf, gf, q_pids, g_pids, q_cams, g_cams = _with_distractors()
+    standard = evaluate_protocols(qf, gf, q_pids, g_pids, q_cams, g_cams, "standard", threshold_fpr=0.5)
+    apnet = evaluate_protocols(qf, gf, q_pids, g_pids, q_cams, g_cams, "apnet", threshold_fpr=0.5)
+    assert standard.protocol == "standard" and apnet.protocol == "apnet"
+    assert standard.by_protocol == apnet.by_protocol  # both report both
+    assert standard.by_protocol["standard"]["gallery"] == 5 and standard.by_protocol["apnet"]["gallery"] == 3
+    # Query 0's match ranks second behind a distractor in the standard gallery, first in the apnet one.
+    assert standard.metrics["rank1"] == 0.5 and apnet.metrics["rank1"] == 1.0
+    assert standard.metrics["mAP"] < apnet.metrics["mAP"] == 1.0
+    keep = g_pids != 0
+    direct = evaluate_features(qf, gf[keep], q_pids, g_pids[keep], q_cams, g_cams[keep], threshold_fpr=0.5)
+    assert apnet.metrics == direct.metrics and apnet.threshold == direct.threshold
+    # No distractor in the gallery: the protocols agree.
+    plain = evaluate_protocols(qf, gf[keep], q_pids, g_pids[keep], q_cams, g_cams[keep], "apnet", threshold_fpr=0.5)
+    assert plain.by_protocol["standard"] == plain.by_protocol["apnet"]
+    with pytest.raises(ValueError, match="protocol"):
+        evaluate_protocols(qf, gf, q_pids, g_pids, q_cams, g_cams, "official")
