@@ -12,7 +12,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SPEC_VERSION = 1
+# 2 added the identity-level calibration (``calibration``); a version-1 spec (pair-level ``threshold`` only) still
+# reads, with no calibration.
+SPEC_VERSION = 2
+READABLE_SPEC_VERSIONS = (1, 2)
 SPEC_KEY = "reid_spec"  # key in ONNX metadata_props and in Triton's config.pbtxt parameters
 
 
@@ -44,10 +47,53 @@ class OutputSpec(_Frozen):
 
 
 class ThresholdSpec(_Frozen):
-    """Calibrated "same person" cut: cosine similarity >= score is a match, measured at false-positive rate fpr."""
+    """Calibrated "same person" cut: cosine similarity >= score is a match, measured at false-positive rate fpr.
+
+    A pair-level rate (one query image against one gallery image): kept for older readers. The verdict the server
+    gives is about identities, and comes from ``Calibration``.
+    """
 
     score: float
     fpr: float
+
+
+class OperatingPoint(_Frozen):
+    """One point of the open-set identification trade-off, measured on probes of enrolled and of absent people.
+
+    With the best identity score of a search (the server's identity aggregation over its top k hits): ``far`` is
+    the fraction of absent-identity probes scoring >= threshold, ``dir`` the fraction of enrolled probes whose own
+    identity is ranked first with a score >= threshold. ``threshold`` is the lowest score whose measured FAR is at
+    most ``target_far``. ``reliable`` says whether there were enough absent identities to estimate that FAR at
+    all (index/calibration.py: ``identities_needed``).
+    """
+
+    target_far: float = Field(gt=0, lt=1)
+    threshold: float
+    dir: float = Field(ge=0, le=1)
+    far: float = Field(ge=0, le=1)
+    absent_identities: int = Field(ge=0)
+    absent_probes: int = Field(ge=0)
+    enrolled_probes: int = Field(ge=0)
+    reliable: bool
+
+
+class Calibration(_Frozen):
+    """Operating points of the "match / unknown" verdict and what they were measured on.
+
+    ``source``: "artifact" (the evaluation split at export, in the spec) or "gallery" (leave-one-identity-out over
+    a user's gallery, stored in it). ``gallery_identities`` / ``gallery_crops``: the size of the gallery the probes
+    were searched in; a false-alarm rate grows with the number of identities a probe can be confused with.
+    """
+
+    source: Literal["artifact", "gallery"]
+    method: Literal["identity-split", "leave-one-identity-out"]
+    top_k: int = Field(gt=0)
+    gallery_identities: int = Field(ge=0)
+    gallery_crops: int = Field(ge=0)
+    dataset: str = ""
+    measured_at: str = ""
+    seed: int | None = None
+    operating_points: tuple[OperatingPoint, ...] = ()
 
 
 class Provenance(_Frozen):
@@ -70,6 +116,7 @@ class ModelSpec(_Frozen):
     max_batch_size: int = Field(gt=0)
     threshold: ThresholdSpec | None = None
     provenance: Provenance = Provenance()
+    calibration: Calibration | None = None
 
     @property
     def dim(self) -> int:
@@ -88,6 +135,8 @@ class ModelSpec(_Frozen):
     def from_json(cls, text: str | bytes) -> ModelSpec:
         data = json.loads(text)
         version = data.get("spec_version")
-        if version != SPEC_VERSION:
-            raise ValueError(f"model spec version {version!r} is not supported (this server reads {SPEC_VERSION})")
+        if version not in READABLE_SPEC_VERSIONS:
+            raise ValueError(
+                f"model spec version {version!r} is not supported (this server reads {READABLE_SPEC_VERSIONS})"
+            )
         return cls.model_validate(data)

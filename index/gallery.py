@@ -52,6 +52,7 @@ DB = "gallery.sqlite"
 LOCK = "gallery.lock"
 TRAINED = "trained.faiss"
 TRAINED_KEY = "trained_sha256"  # in the log's settings, so a rebuild can trust trained.faiss without the manifest
+CALIBRATION_KEY = "calibration"  # in the log's settings: the verdict calibration as JSON
 METRIC = "inner_product"
 INDEX_FILE = re.compile(r"index\.(\d{6})\.faiss")
 FILTER_OVERFETCH = 4  # first fetch is k * this when filters are given; every widening multiplies it again
@@ -95,6 +96,8 @@ class Gallery:
         self._count = 0
         self._dirty = 0
         self._recovered: list[str] = []
+        self._calibration_text: str | None = None  # the parsed calibration() and the text it came from
+        self._calibration: dict | None = None
         self._open_seconds = 0.0
 
     # -- opening -------------------------------------------------------------------------------------------
@@ -544,6 +547,27 @@ class Gallery:
             "open_seconds": round(self._open_seconds, 4),
             "recovered": list(self._recovered),
         }
+
+    # -- calibration ---------------------------------------------------------------------------------------
+
+    def calibration(self) -> dict | None:
+        """The verdict calibration stored with ``set_calibration`` (a JSON object), or None. The same object is
+        returned until the calibration changes: callers must not mutate it."""
+        self._check_open()
+        text = self._settings.get(CALIBRATION_KEY)
+        if text != self._calibration_text:
+            self._calibration = None if text is None else json.loads(text)
+            self._calibration_text = text
+        return self._calibration
+
+    def set_calibration(self, calibration: dict) -> None:
+        """Store the verdict calibration (index.calibration, ``python -m index.calibrate``) in the log's
+        settings: durable once this returns, read by every later open."""
+        self._check_writable()
+        text = json.dumps(calibration, sort_keys=True)
+        with self._write_mutex:
+            self._store.set_setting(CALIBRATION_KEY, text)
+            self._settings[CALIBRATION_KEY] = text
 
     # -- closing -------------------------------------------------------------------------------------------
 
