@@ -25,20 +25,7 @@ def export_onnx(module: torch.nn.Module, spec: ModelSpec, path: Path, *, opset: 
     """Export ``module`` (uint8 NHWC -> float32 (N, D)) to ``path``, a single self-contained file."""
     h, w = spec.input.height, spec.input.width
     example = torch.zeros((2, h, w, 3), dtype=torch.uint8)
-    batch = torch.export.Dim(BATCH_DIM, min=1, max=spec.max_batch_size)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's chatter about deprecated internals
-        program = torch.onnx.export(
-            module,
-            (example,),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamic_shapes={"images": {0: batch}},
-            dynamo=True,
-            verbose=False,
-        )
-    model = program.model_proto
+    model = torch_to_onnx(module, example, [OUTPUT_NAME], opset=opset, max_batch=spec.max_batch_size)
     _fix_io_shapes(model, spec)
     _only_cast_reads_input(model)
     onnx.helper.set_model_props(model, {SPEC_KEY: spec.to_json()})
@@ -47,6 +34,34 @@ def export_onnx(module: torch.nn.Module, spec: ModelSpec, path: Path, *, opset: 
     onnx.save_model(model, str(path))  # well under protobuf's 2 GB limit for every ResNet backbone
     onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+def torch_to_onnx(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    output_names: list[str],
+    *,
+    opset: int,
+    max_batch: int,
+    input_name: str = INPUT_NAME,
+) -> onnx.ModelProto:
+    """torch.onnx's dynamo exporter with one input whose first axis is a dynamic batch of 1..max_batch.
+
+    Also used by export.import_model for networks trained elsewhere (their float input, their outputs)."""
+    batch = torch.export.Dim(BATCH_DIM, min=1, max=max_batch)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's chatter about deprecated internals
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=[input_name],
+            output_names=output_names,
+            opset_version=opset,
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            verbose=False,
+        )
+    return program.model_proto
 
 
 def _fix_io_shapes(model: onnx.ModelProto, spec: ModelSpec) -> None:
