@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     gallery_dir: Path = Path("galleries/default")
     index_factory: str = "Flat"
     search_threads: int = Field(1, ge=1)  # faiss OpenMP threads: 1 is fastest for single queries on few cores
+    # Kept crops (index/crops.py): the bytes of every image added through the API, content-addressed, so the
+    # gallery can be rebuilt for another model (python -m ingestion.reembed) and GET /v1/gallery/{id}/image shows
+    # them. crops_dir defaults to <gallery_dir>/crops; a Milvus gallery has no folder and needs it set. An add
+    # that would pass crops_max_bytes is refused with 507 before anything is written.
+    keep_crops: bool = False
+    crops_dir: Path | None = None
+    crops_max_bytes: int = Field(10 * 1024**3, ge=1)
 
     # Limits, all checked before any model work.
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # whole request body
@@ -68,6 +75,16 @@ class Settings(BaseSettings):
     @property
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_pixels=self.max_pixels, min_side=self.min_side, max_aspect=self.max_aspect)
+
+    @property
+    def crops_root(self) -> Path | None:
+        """Where kept crops live: crops_dir, else <gallery folder>/crops; None for a Milvus gallery without one."""
+        if self.crops_dir is not None:
+            return self.crops_dir
+        uri = str(getattr(self, "gallery_uri", None) or "")
+        if uri.startswith("milvus://") or uri.endswith(".db"):
+            return None
+        return Path(uri or self.gallery_dir) / "crops"
 
     @property
     def auth_enabled(self) -> bool:

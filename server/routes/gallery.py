@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import weakref
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Path, UploadFile
+from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from pydantic import FiniteFloat
+from starlette.concurrency import run_in_threadpool
 
 from embedders.base import batch_slices
 from formats.images import ImageError
+from index.crops import CropStore, CropStoreFull
 from index.records import Record
 from server.auth import Admin, Reader
 from server.deps import ReadyDep
@@ -24,6 +28,55 @@ router = APIRouter(prefix="/v1/gallery", tags=["gallery"])
 ItemId = Annotated[int, Path(ge=0, le=2**63 - 1, description="gallery id")]
 STATS_DETAILS = ("metric", "serving", "trained", "index_type", "ntotal", "tombstones", "unsnapshotted")
 SOURCE = "api"  # the client's file name is never stored or used as a path
+
+
+# Kept crops (index/crops.py), one store per running app, opened on first use (it counts the kept bytes).
+_crop_stores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+CROP_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp")
+
+
+async def _crop_store(res, *, create: bool) -> CropStore | None:
+    """The app's crop store; None when there is no crops folder (and ``create`` is false) or no place for one."""
+    store = _crop_stores.get(res)
+    if store is not None:
+        return store
+    root = res.settings.crops_root
+    if root is None or (not create and not root.is_dir()):
+        return None
+    store = await run_in_threadpool(CropStore.open, root, res.settings.crops_max_bytes)
+    return _crop_stores.setdefault(res, store)
+
+
+async def _keep_crops(res, blobs: list[bytes]) -> None:
+    """Keep every blob or none; 507 when they would pass REID_CROPS_MAX_BYTES (the gallery is not touched)."""
+    store = await _crop_store(res, create=True)
+    if store is None:
+        raise APIError(500, "internal_error", "REID_KEEP_CROPS is on but there is no crops folder (REID_CROPS_DIR)")
+    try:
+        await run_in_threadpool(store.put_many, blobs)
+    except CropStoreFull as exc:
+        raise APIError(507, "insufficient_storage", f"the crop store is full: {exc}") from None
+
+
+def _kept_crop(store: CropStore, digest: str) -> tuple[bytes, str] | None:
+    try:
+        return store.get(digest)
+    except ValueError:  # not a sha256 (an item added some other way): nothing was kept under it
+        return None
+
+
+async def _forget_crop(res, digest: str) -> None:
+    """A deleted item's image goes too, unless another item holds the same bytes."""
+    store = await _crop_store(res, create=False)
+    if store is None:
+        return
+    if not await res.in_gallery(res.gallery.find_hashes, [digest]):
+        await run_in_threadpool(_remove_crop, store, digest)
+
+
+def _remove_crop(store: CropStore, digest: str) -> None:
+    with contextlib.suppress(ValueError):  # not a sha256: nothing was kept under it
+        store.remove(digest)
 
 
 def _per_image(values: list | None, n: int, name: str) -> list:
@@ -64,7 +117,7 @@ def _metadata(text: str | None, i: int) -> dict:
     "",
     status_code=201,
     response_model=AddResponse,
-    responses=error_responses(400, 401, 403, 413, 415, 422, 500, 502, 503, 504),
+    responses=error_responses(400, 401, 403, 413, 415, 422, 500, 502, 503, 504, 507),
 )
 async def add_images(
     _: Admin,
@@ -119,6 +172,8 @@ async def add_images(
         for i in new
     ]
 
+    if res.settings.keep_crops:  # the crops first: an item is never in the gallery without its kept crop
+        await _keep_crops(res, [blobs[i] for i in new])
     stored = await res.in_gallery(res.gallery.add_new, xb, records, model_id=spec.model_id)
     res.metrics.gallery_size.set(len(res.gallery))
     id_of = {hashes[i]: gid for i, (gid, _) in zip(new, stored, strict=True)}
@@ -151,11 +206,40 @@ async def get_item(_: Reader, res: ReadyDep, item_id: ItemId) -> GalleryItem:
     return GalleryItem.of(record)
 
 
+@router.get(
+    "/{item_id}/image",
+    response_class=Response,
+    responses={
+        200: {"content": {media: {} for media in CROP_MEDIA_TYPES}, "description": "the image as it was added"},
+        **error_responses(401, 403, 404, 422, 500, 503),
+    },
+)
+async def get_image(_: Reader, res: ReadyDep, item_id: ItemId) -> Response:
+    """The image of one gallery entry, byte for byte as it was added: kept when the server runs with
+    REID_KEEP_CROPS=true (404 for entries added without it)."""
+    record = await res.in_gallery(res.gallery.get, item_id)
+    if record is None:
+        raise APIError(404, "not_found", f"no gallery item {item_id}")
+    crops = await _crop_store(res, create=False)
+    kept = None
+    if crops is not None and record.content_hash:
+        kept = await run_in_threadpool(_kept_crop, crops, record.content_hash)
+    if kept is None:
+        raise APIError(404, "not_found", f"gallery item {item_id} has no kept image")
+    data, media_type = kept
+    # Content-addressed: the bytes under this id never change, so a client may keep them.
+    headers = {"ETag": f'"{record.content_hash}"', "Cache-Control": "private, max-age=86400"}
+    return Response(data, media_type=media_type, headers=headers)
+
+
 @router.delete("/{item_id}", response_model=DeleteResponse, responses=error_responses(401, 403, 404, 422, 500, 503))
 async def delete_item(_: Admin, res: ReadyDep, item_id: ItemId) -> DeleteResponse:
     """Remove one gallery entry (its vector and its metadata)."""
+    record = await res.in_gallery(res.gallery.get, item_id)
     removed = await res.in_gallery(res.gallery.remove, [item_id])
     if not removed:
         raise APIError(404, "not_found", f"no gallery item {item_id}")
+    if record is not None and record.content_hash:
+        await _forget_crop(res, record.content_hash)
     res.metrics.gallery_size.set(len(res.gallery))
     return DeleteResponse(id=item_id, deleted=True)
