@@ -1,21 +1,28 @@
-"""The app factory: ``create_app(settings)``, and ``app`` for ``uvicorn server.main:app`` (settings from REID_*)."""
+"""The app factory: ``create_app(settings)``; ``uvicorn_config(settings, app)``, how uvicorn serves it (deadlines and
+connection limits from the settings, for ``python -m server`` and the tests alike); and ``app`` for ``uvicorn
+server.main:app`` (settings from REID_*, without the connection guards)."""
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+import uvicorn
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 from embedders.base import Embedder
 from server.errors import install_error_handlers
 from server.metrics import Metrics, MetricsMiddleware
 from server.middleware import (
+    BodyDeadlineMiddleware,
     BodySizeLimitMiddleware,
-    InFlightLimitMiddleware,
+    InFlightLimit,
     RequestIdMiddleware,
     UnhandledErrorMiddleware,
+    guarded_protocol,
 )
 from server.resources import Resources
 from server.routes import gallery, health, search
@@ -36,17 +43,13 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         finally:
             await resources.close()
 
-    # Outermost first: every answer, refusals included, gets a request id and is counted.
+    # Outermost first: every answer, refusals included, gets a request id and is counted. The in-flight bound is
+    # not here: it is a dependency (below), so that it counts requests whose body is in, not uploads in progress.
     middleware = [
         Middleware(RequestIdMiddleware),
         Middleware(UnhandledErrorMiddleware),
         Middleware(MetricsMiddleware, metrics=metrics),
-        Middleware(
-            InFlightLimitMiddleware,
-            limit=settings.max_in_flight,
-            retry_after_s=settings.retry_after_s,
-            exempt=health.PROBE_PATHS,
-        ),
+        Middleware(BodyDeadlineMiddleware, timeout_s=settings.body_timeout_s),
         Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes),
     ]
     if settings.cors_origins:
@@ -58,12 +61,15 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
                 allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-ID"],
             )
         )
+    # Every route's first dependency; FastAPI solves dependencies only after it has read and parsed the body.
+    admission = InFlightLimit(settings.max_in_flight, settings.retry_after_s, exempt=health.PROBE_PATHS)
     app = FastAPI(
         title="apnet-reid",
         summary="Person re-identification retrieval: send a person crop, get the gallery identities it matches.",
         version="0.1.0",
         lifespan=lifespan,
         middleware=middleware,
+        dependencies=[Depends(admission, scope="function")],
     )
     app.state.resources = resources
     install_error_handlers(app, settings.retry_after_s)
@@ -71,6 +77,21 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     app.include_router(gallery.router)
     app.include_router(health.router)
     return app
+
+
+def uvicorn_config(settings: Settings, app: ASGIApp | str, **options: Any) -> uvicorn.Config:
+    """uvicorn serving ``app`` with the deadlines and limits of ``settings`` (``options``: host, port, log_level...).
+
+    The h11 protocol, not httptools: the connection guards (request-head deadline, connections per client) extend
+    uvicorn's h11 protocol class, and h11 enforces the head size limit.
+    """
+    return uvicorn.Config(
+        app,
+        http=guarded_protocol(settings.header_timeout_s, settings.max_connections_per_client),
+        timeout_keep_alive=settings.keep_alive_s,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        **options,
+    )
 
 
 app = create_app()

@@ -1,16 +1,22 @@
-"""The ASGI middleware around the app: request ids, the last-resort 500, and refusals before any work
-(body size, requests in flight). Each answers in the one error schema of server/errors.py."""
+"""What stands between a client and the work: request ids, the last-resort 500, refusals before any work (body
+size, body deadline), admission of requests whose body is in (the in-flight bound, a dependency), and the
+connection guards uvicorn lacks (request-head deadline, connections per client address). Each refusal answers in
+the one error schema of server/errors.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
+from collections.abc import AsyncIterator
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from server.errors import error_response, request_id_of
+from server.errors import APIError, error_response, request_id_of
 
 log = logging.getLogger("server")
 
@@ -130,39 +136,178 @@ class BodySizeLimitMiddleware:
                 raise
 
 
-class InFlightLimitMiddleware:
-    """Bound the requests being worked on: one more than ``limit`` gets an immediate 503, not a queue.
+class BodyDeadlineMiddleware:
+    """408 for a request whose body has not arrived in full within ``timeout_s`` of its head, and the connection
+    closed (a client that stalled mid-body cannot send a next request on it anyway).
 
-    Hand-written because uvicorn's --limit-concurrency resets connections instead of answering, and the
-    check must happen before the body is read. Probes (/healthz, /readyz, /metrics) are never refused.
+    The deadline covers the whole body, not the pause between two reads as nginx's client_body_timeout does, so a
+    client that trickles a byte at a time cannot hold the connection for longer either. Hand-written: uvicorn has
+    no body timeout. After the 408 the app sees a disconnect and anything it still sends is dropped.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, retry_after_s: int, exempt: tuple[str, ...] = ()):
+    def __init__(self, app: ASGIApp, timeout_s: float):
         self.app = app
+        self.timeout_s = timeout_s
+
+    def _refusal(self, scope: Scope) -> JSONResponse:
+        return error_response(
+            request_id_of(scope),
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {self.timeout_s:g} s",
+            {"Connection": "close"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        body_in = False
+        timed_out = False
+        started = False
+
+        async def deadline_receive():
+            nonlocal body_in, timed_out
+            if timed_out:
+                return {"type": "http.disconnect"}
+            if body_in:  # after the body only a disconnect can come: no deadline on waiting for it
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                timed_out = True
+                if not started:
+                    await self._refusal(scope)(scope, receive, send)
+                return {"type": "http.disconnect"}
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_in = True
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if timed_out:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, deadline_receive, guarded_send)
+        except Exception:
+            if not timed_out:  # the app failing on the cut-off body is expected; the client has its 408
+                raise
+
+
+class InFlightLimit:
+    """Admission: bound the requests being worked on; one more than ``limit`` gets an immediate 503, not a queue.
+
+    A FastAPI dependency of the whole app, not a middleware: FastAPI reads and parses the request body before it
+    solves dependencies, so only a request whose body is in (and passed the size and deadline checks) takes a
+    slot, and an upload in progress, however slow, never does. The slot is held until the endpoint returns
+    (``Depends(..., scope="function")``). Hand-written because uvicorn's --limit-concurrency resets connections
+    instead of answering, and FastAPI's ``max_concurrency`` queues. Probes (``exempt`` paths) are never refused.
+    """
+
+    def __init__(self, limit: int, retry_after_s: int, exempt: tuple[str, ...] = ()):
         self.limit = limit
         self.retry_after_s = retry_after_s
         self.exempt = exempt
         self.in_flight = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
-            await self.app(scope, receive, send)
+    async def __call__(self, request: Request) -> AsyncIterator[None]:
+        if request.url.path in self.exempt:
+            yield
             return
         if self.in_flight >= self.limit:
-            response = error_response(
-                request_id_of(scope),
+            raise APIError(
                 503,
                 "overloaded",
                 f"the server is at its limit of {self.limit} requests in flight; retry shortly",
                 {"Retry-After": str(self.retry_after_s)},
             )
-            await response(scope, receive, send)
-            return
         self.in_flight += 1  # single event loop: no lock needed between the check and the increment
         try:
-            await self.app(scope, receive, send)
+            yield
         finally:
             self.in_flight -= 1
+
+
+async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
+    response = error_response(
+        request_id_of(scope),
+        429,
+        "too_many_requests",
+        "too many open connections from this address",
+        {"Connection": "close"},
+    )
+    await response(scope, receive, send)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the two connection guards uvicorn lacks.
+
+    * A deadline on each request head: ``header_timeout_s`` from connecting, or from the end of the previous
+      answer, to a complete head; a connection that misses it is closed. (uvicorn arms its keep-alive timer only
+      after a first answer and cancels it on any byte, so a client that connects and trickles a head is never
+      timed out.) Once a head is in, the app's own deadlines (body, embedding) apply instead.
+    * At most ``max_per_client`` open connections per peer address (0: no limit): the connection over it is
+      answered 429 in the error schema, then closed. The peer is the TCP peer, so behind a proxy it is the proxy.
+
+    The subclass overrides only the connection callbacks; settings reach it as class attributes because uvicorn
+    builds one protocol object per connection from a class (``guarded_protocol`` makes that class).
+    """
+
+    header_timeout_s: float = 10.0
+    max_per_client: int = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.max_per_client and self.client is not None:
+            peer = self.client[0]
+            same_peer = sum(1 for c in self.connections if (getattr(c, "client", None) or ("",))[0] == peer)
+            if same_peer > self.max_per_client:
+                log.warning("refusing a connection from %s: over %d open connections", peer, self.max_per_client)
+                self.app = RequestIdMiddleware(_too_many_connections)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:  # a head is in: the app handles it
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def guarded_protocol(header_timeout_s: float, max_per_client: int) -> type[GuardedH11Protocol]:
+    """The protocol class uvicorn.Config(http=...) takes, with these guards."""
+    attrs = {"header_timeout_s": header_timeout_s, "max_per_client": max_per_client}
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), attrs)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -75,13 +75,35 @@ class Timings(BaseModel):
     search_ms: float = 0.0
 
 
+class VerdictCalibration(BaseModel):
+    """The operating point a verdict was given at, and what it was measured on."""
+
+    source: Literal["gallery", "artifact", "pair-threshold"] = Field(
+        description="gallery: measured on this gallery (reid calibrate); artifact: on the model's evaluation "
+        "split at export; pair-threshold: an older model's pair-level threshold, not calibrated for identities"
+    )
+    method: str | None = Field(None, description="identity-split | leave-one-identity-out")
+    far: float | None = Field(None, description="the identity-level false-alarm rate the point was calibrated for")
+    measured_far: float | None = Field(None, description="the false-alarm rate measured at the threshold")
+    dir: float | None = Field(None, description="detection and identification rate measured at the threshold")
+    gallery_identities: int | None = Field(None, description="identities in the gallery it was measured on")
+    gallery_crops: int | None = Field(None, description="crops in the gallery it was measured on")
+    top_k: int | None = Field(None, description="hits aggregated into identities when it was measured")
+    measured_at: str | None = None
+    exact: bool = Field(description="the point was calibrated for the target FAR itself (else a stricter one)")
+    reliable: bool = Field(description="enough absent identities were measured to estimate that rate")
+    note: str | None = Field(None, description="why the point differs from the target, or what to be careful of")
+
+
 class SearchResponse(BaseModel):
     model_id: str
     verdict: Literal["match", "unknown"] | None = Field(
-        description="match when the best identity's score reaches the model's calibrated threshold; "
-        "null when the model has no threshold"
+        description="match when the best identity's score reaches the threshold of the operating point for the "
+        "target FAR; null when neither the gallery nor the model has one"
     )
-    threshold: float | None
+    threshold: float | None = Field(description="the score the best identity had to reach")
+    target_far: float = Field(description="the identity-level false-alarm rate asked for (REID_TARGET_FAR)")
+    calibration: VerdictCalibration | None = Field(description="where the threshold comes from")
     identities: list[IdentityResult]
     hits: list[SearchHit]
     timings: Timings

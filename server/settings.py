@@ -1,6 +1,6 @@
 """Where the server finds its model and gallery, and the limits it enforces (environment, prefix ``REID_``).
 
-The Makefile runs ``REID_ARTIFACT=... REID_GALLERY_DIR=... uvicorn server.main:app``. Lists (API keys, CORS
+The Makefile runs ``REID_ARTIFACT=... REID_GALLERY_DIR=... python -m server``. Lists (API keys, CORS
 origins) are comma-separated. Reading settings does no I/O beyond the environment; the lifespan checks that
 the artifact or the Triton server is really there.
 """
@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from formats.images import ImageLimits
+from index.metadata import MAX_DEPTH, Limits
 
 MAX_TOP_K = 100  # hard ceiling; the OpenAPI schema documents it
 
@@ -42,6 +43,12 @@ class Settings(BaseSettings):
     keep_crops: bool = False
     crops_dir: Path | None = None
     crops_max_bytes: int = Field(10 * 1024**3, ge=1)
+    # The verdict's identity-level false-alarm rate: the operating point calibrated for it (or the nearest stricter
+    # one), from the gallery's calibration (python -m index.calibrate) when it has one, else from the artifact's.
+    target_far: float = Field(0.01, gt=0, lt=1)
+    # A gallery folder whose log (gallery.sqlite) is gone while its snapshot or manifest shows it held items is
+    # refused (not ready); true starts it as an empty gallery instead, the old files set aside.
+    gallery_allow_missing_log: bool = False
 
     # Limits, all checked before any model work.
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # whole request body
@@ -50,9 +57,28 @@ class Settings(BaseSettings):
     min_side: int = Field(16, ge=1)
     max_aspect: float = Field(8.0, ge=1.0)
     max_top_k: int = Field(MAX_TOP_K, ge=1, le=MAX_TOP_K)
-    max_in_flight: int = Field(16, ge=1)  # requests beyond this get an immediate 503
+    max_in_flight: int = Field(16, ge=1)  # requests with their body in, beyond this get an immediate 503
     embed_deadline_s: float = Field(10.0, gt=0)
     retry_after_s: int = Field(1, ge=0)
+    # Gallery metadata (a JSON object per image), refused with 422 beyond these. Depth counts nested objects and
+    # arrays (a flat object is 1); items counts keys and array elements at every level; bytes is its compact JSON.
+    metadata_max_depth: int = Field(8, ge=1, le=MAX_DEPTH)
+    metadata_max_items: int = Field(256, ge=1)
+    metadata_max_key_chars: int = Field(128, ge=1)
+    metadata_max_value_chars: int = Field(4096, ge=1)
+    metadata_max_bytes: int = Field(16 * 1024, ge=2)
+
+    # Deadlines and limits on the way in, enforced by the server that `python -m server` configures (server/main.py
+    # uvicorn_config). A slow upload costs a socket and a parked task, never an in-flight slot (admission waits for
+    # the whole body), so the body deadline can be generous: 30 s carries the largest body (8 MiB) at 2.3 Mbit/s and
+    # a 32-crop gallery batch over a poor mobile uplink, and still bounds how long one client holds a connection.
+    body_timeout_s: float = Field(30.0, gt=0)  # the whole body within this of its request head, else 408 and close
+    header_timeout_s: float = Field(10.0, gt=0)  # a request head within this of connecting or of the last answer
+    keep_alive_s: int = Field(5, ge=1)  # idle keep-alive; the nginx front's upstream keepalive_timeout is below it
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # a request head over this is refused (h11's limit)
+    # Open connections from one client address; the connection over it is answered 429 and closed. 0 turns it off:
+    # behind a proxy every client shares the proxy's address, so the proxy enforces the limit (nginx limit_conn).
+    max_connections_per_client: int = Field(64, ge=0)
 
     # Auth: with no keys configured the API is open. Admin keys may mutate the gallery; read keys may only read.
     admin_keys: CommaList = []
@@ -75,6 +101,17 @@ class Settings(BaseSettings):
     @property
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_pixels=self.max_pixels, min_side=self.min_side, max_aspect=self.max_aspect)
+
+    @property
+    def metadata_limits(self) -> Limits:
+        return Limits(
+            max_depth=self.metadata_max_depth,
+            max_items=self.metadata_max_items,
+            max_key_chars=self.metadata_max_key_chars,
+            max_value_chars=self.metadata_max_value_chars,
+            max_bytes=self.metadata_max_bytes,
+            int64=True,
+        )
 
     @property
     def crops_root(self) -> Path | None:

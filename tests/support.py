@@ -24,7 +24,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from embedders.base import Embedder, EmbedderBadResponse, EmbedderUnavailable
 from formats.spec import SPEC_KEY, ModelSpec, NormalizationSpec, OutputSpec
 from formats.spec import InputSpec as SpecInput
-from server.main import create_app
+from server.main import create_app, uvicorn_config
 from server.settings import Settings
 
 # The tiny artifact of conftest.py: Triton model name, input size and the fixed threshold in its meta.json.
@@ -37,15 +37,17 @@ TINY_THRESHOLD = {"score": 0.55, "fpr": 0.01}
 
 
 class LiveServer:
-    """``with LiveServer(settings) as url:`` runs create_app(settings) under uvicorn until the block ends."""
+    """``with LiveServer(settings) as url:`` runs create_app(settings) under uvicorn until the block ends, configured
+    as ``python -m server`` configures it (server.main.uvicorn_config: deadlines, connection limits)."""
 
     def __init__(self, settings: Settings, *, embedder: Embedder | None = None):
         self.app = create_app(settings, embedder=embedder)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn_config(settings, self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
@@ -57,6 +59,15 @@ class LiveServer:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.02)
         return self.url
+
+    def open_work(self) -> tuple[int, int]:
+        """(uvicorn's open connections, asyncio tasks on the server's loop), counted on that loop."""
+
+        async def count() -> tuple[int, int]:
+            return len(self._server.server_state.connections), len(asyncio.all_tasks()) - 1  # less this one
+
+        loop = self._server.servers[0].get_loop()
+        return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=30)
 
     def __exit__(self, *exc) -> None:
         self._server.should_exit = True

@@ -15,12 +15,14 @@ from server.deps import ReadyDep
 from server.errors import APIError, error_responses
 from server.schemas import EmbedResponse, IdentityResult, SearchHit, SearchResponse, Timings
 from server.settings import MAX_TOP_K
+from server.verdict import VerdictCache
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
 ImageUpload = Annotated[UploadFile, File(description="the query crop: JPEG, PNG or WEBP (recognised by content)")]
 IdList = Annotated[list[str] | None, Form()]
 UPLOAD_ERRORS = (400, 401, 403, 413, 415, 422, 500, 502, 503, 504)
+_verdicts = VerdictCache()
 
 
 def _ms(seconds: float) -> float:
@@ -79,16 +81,16 @@ async def search(
     res.metrics.search_latency.observe(search_s)
 
     identities = aggregate_identities(hits)
-    threshold = spec.threshold.score if spec.threshold is not None else None
-    verdict = None
-    if threshold is not None:
-        verdict = "match" if identities and identities[0].score >= threshold else "unknown"
+    target_far = res.settings.target_far
+    basis = _verdicts.get(spec, res.gallery.calibration(), target_far)
     timings = Timings(decode_ms=_ms(decode_s), embed_ms=_ms(embed_s), search_ms=_ms(search_s))
     response.headers["Server-Timing"] = _server_timing(timings)
     return SearchResponse(
         model_id=spec.model_id,
-        verdict=verdict,
-        threshold=threshold,
+        verdict=basis.verdict(identities),
+        threshold=basis.threshold,
+        target_far=target_far,
+        calibration=basis.calibration,
         identities=[IdentityResult.of(i) for i in identities],
         hits=[SearchHit.of(h) for h in hits],
         timings=timings,
