@@ -41,6 +41,25 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class VerdictCalibration:
+    """Where a verdict's threshold comes from: ``source`` gallery (measured on this gallery), artifact (on the
+    model's evaluation split) or pair-threshold (an older model's, not calibrated for identities)."""
+
+    source: str
+    exact: bool = False
+    reliable: bool = False
+    method: str | None = None
+    far: float | None = None
+    measured_far: float | None = None
+    dir: float | None = None
+    gallery_identities: int | None = None
+    gallery_crops: int | None = None
+    top_k: int | None = None
+    measured_at: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class SearchResult:
     model_id: str
     verdict: Literal["match", "unknown"] | None
@@ -48,9 +67,12 @@ class SearchResult:
     identities: list[Identity]
     hits: list[Hit]
     timings: Timings
+    target_far: float | None = None  # None from servers older than the identity-level calibration
+    calibration: VerdictCalibration | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> SearchResult:
+        calibration = data.get("calibration")
         return cls(
             model_id=data["model_id"],
             verdict=data.get("verdict"),
@@ -58,6 +80,8 @@ class SearchResult:
             identities=[_parse(Identity, i) for i in data["identities"]],
             hits=[_parse(Hit, h) for h in data["hits"]],
             timings=_parse(Timings, data["timings"]),
+            target_far=data.get("target_far"),
+            calibration=None if calibration is None else _parse(VerdictCalibration, calibration),
         )
 
 
