@@ -13,6 +13,11 @@ class CorruptGallery(GalleryError):  # noqa: N818 (the shared contract's names)
     """The log of record (SQLite) is unreadable or inconsistent: refused, never served."""
 
 
+class MissingLog(CorruptGallery):
+    """The log of record is gone while the folder's snapshot or manifest says the gallery held items: refused,
+    never opened empty, unless the operator asks for an empty log (``allow_missing_log``)."""
+
+
 class GalleryLocked(GalleryError):  # noqa: N818 (the shared contract's names)
     """Another process holds the gallery's writer lock."""
 

@@ -2,14 +2,18 @@
 
     gallery.sqlite       vectors (float32 blobs) + metadata, committed before an add returns (the log of record)
     index.NNNNNN.faiss   the faiss index as of the manifest's watermark, written atomically
-    manifest.json        model_id, dim, metric, factory, counts, sha256 of the snapshot, watermark, self-checksum
+    manifest.json        model_id, dim, metric, factory, counts, sha256 of the snapshot, watermark, the log it
+                         belongs to (gallery id, digest of the rows it covers), self-checksum
     trained.faiss        the IVF index as trained, still empty (sha256 in the log): a rebuild reuses it, no retraining
     gallery.lock         fcntl lock held by the one writer process
 
-Opening verifies the manifest and snapshot checksums, catches the snapshot up from the log (rows after the
-watermark added, removals after it applied) and checks that the index and the log agree. A torn or corrupt
-snapshot or manifest is rebuilt from the log and reported in ``stats()["recovered"]``; a corrupt log is
-refused with CorruptGallery. Vectors are L2-normalised and searched by inner product (cosine similarity).
+Opening verifies the manifest and snapshot checksums and that they belong to this log (the gallery id the log
+holds, and a digest of the rows the snapshot covers), catches the snapshot up from the log (rows after the
+watermark added, removals after it applied) and checks that the index and the log agree. A torn, corrupt,
+foreign or stale snapshot or manifest is rebuilt from the log and reported in ``stats()["recovered"]``; a
+corrupt log, a log behind its snapshot (acknowledged writes lost) and a missing log where the folder shows
+the gallery held items are refused with CorruptGallery (MissingLog): starting such a folder empty takes
+``allow_missing_log=True``. Vectors are L2-normalised and searched by inner product (cosine similarity).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,11 +33,11 @@ import faiss
 import numpy as np
 
 from index import faiss_index
-from index.errors import CorruptGallery, GalleryError, GalleryLocked, InvalidVector, ModelMismatch
+from index.errors import CorruptGallery, GalleryError, GalleryLocked, InvalidVector, MissingLog, ModelMismatch
 from index.records import Hit, Identity, Record, SearchFilter, aggregate_identities
 from index.rwlock import RWLock
 from index.snapshot import MANIFEST, Manifest, SnapshotError, read_manifest, read_verified, sha256, write_atomic
-from index.store import Store
+from index.store import GALLERY_ID, Store
 
 __all__ = [
     "CorruptGallery",
@@ -42,6 +47,7 @@ __all__ = [
     "Hit",
     "Identity",
     "InvalidVector",
+    "MissingLog",
     "ModelMismatch",
     "Record",
     "SearchFilter",
@@ -103,7 +109,18 @@ class Gallery:
     # -- opening -------------------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | os.PathLike, *, model_id: str, dim: int, factory: str = "Flat", **options) -> Gallery:
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        model_id: str,
+        dim: int,
+        factory: str = "Flat",
+        allow_missing_log: bool = False,
+        **options,
+    ) -> Gallery:
+        """A new, empty gallery in ``path``. A folder whose log is gone but whose snapshot or manifest shows it
+        held items is refused (MissingLog) unless ``allow_missing_log``: then the old files are set aside."""
         path = Path(path)
         if not model_id or dim < 1:
             raise ValueError("a gallery needs a model_id and a positive dim")
@@ -114,8 +131,17 @@ class Gallery:
         try:
             if (path / DB).exists():
                 raise GalleryError(f"a gallery already exists in {path}")
+            evidence = _items_without_log(path)
+            if evidence and not allow_missing_log:
+                raise MissingLog(_missing_log_message(evidence))
+            if evidence:
+                gallery._recovered.append(f"{DB} was missing while {evidence}; started an empty log as allowed")
+                for name in (f"{DB}-wal", f"{DB}-shm", f"{DB}-journal"):  # never replayed into the new log
+                    if (path / name).exists():
+                        os.replace(path / name, path / f"{name}.orphaned")
             settings = {"model_id": model_id, "dim": str(dim), "factory": factory, "metric": METRIC}
             settings["created_at"] = _now_iso()
+            settings[GALLERY_ID] = uuid.uuid4().hex
             gallery._store.initialise(settings)
             gallery._load()
         except BaseException:
@@ -127,6 +153,8 @@ class Gallery:
     def open(cls, path: str | os.PathLike, *, readonly: bool = False, **options) -> Gallery:
         path = Path(path)
         if not (path / DB).is_file():
+            if evidence := _items_without_log(path):
+                raise MissingLog(_missing_log_message(evidence))
             raise GalleryError(f"no gallery in {path} ({DB} is missing)")
         gallery = cls(path, readonly=readonly, **options)
         try:
@@ -140,9 +168,17 @@ class Gallery:
 
     @classmethod
     def open_or_create(
-        cls, path: str | os.PathLike, *, model_id: str, dim: int, factory: str = "Flat", **options
+        cls,
+        path: str | os.PathLike,
+        *,
+        model_id: str,
+        dim: int,
+        factory: str = "Flat",
+        allow_missing_log: bool = False,
+        **options,
     ) -> Gallery:
-        """Open the gallery in ``path`` (which must hold model_id and dim), or create it; factory applies on creation."""
+        """Open the gallery in ``path`` (which must hold model_id and dim), or create it; factory applies on creation.
+        A folder that lost its log is refused (MissingLog) unless ``allow_missing_log`` (see create)."""
         if (Path(path) / DB).is_file():
             gallery = cls.open(path, **options)
             try:
@@ -153,7 +189,9 @@ class Gallery:
                 gallery.close()
                 raise
             return gallery
-        return cls.create(path, model_id=model_id, dim=dim, factory=factory, **options)
+        return cls.create(
+            path, model_id=model_id, dim=dim, factory=factory, allow_missing_log=allow_missing_log, **options
+        )
 
     def _acquire_lock(self) -> None:
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -173,6 +211,11 @@ class Gallery:
             self._settings["model_id"]  # noqa: B018 (must exist)
         except (KeyError, ValueError) as exc:
             raise CorruptGallery(f"gallery settings in {self.path / DB} are incomplete or wrong: {exc}") from exc
+        if not self.readonly:
+            self._store.upgrade()
+            if GALLERY_ID not in self._settings:  # a log from before galleries had an id: its snapshot is rebuilt
+                self._settings[GALLERY_ID] = uuid.uuid4().hex
+                self._store.set_setting(GALLERY_ID, self._settings[GALLERY_ID])
         with self._store.view() as conn:  # one consistent view of the log for the whole load
             try:
                 self._load_snapshot(conn)
@@ -193,16 +236,28 @@ class Gallery:
         found = (manifest.model_id, manifest.dim, manifest.factory, manifest.metric)
         if found != expected:
             raise SnapshotError(f"manifest says {found}, the log says {expected}")
-        data = read_verified(self.path, manifest)
-        try:
-            index = faiss_index.from_bytes(data)
-        except RuntimeError as exc:
-            raise SnapshotError(f"snapshot {manifest.index_file} does not load ({exc})") from None
+        if not manifest.gallery_id or manifest.gallery_id != self._settings.get(GALLERY_ID):
+            raise SnapshotError("the manifest belongs to another gallery's log (gallery id differs)")
         try:
             ntotal, last_id = int(manifest.counts["ntotal"]), int(manifest.watermark["last_id"])
             last_seq = int(manifest.watermark["last_removal_seq"])
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"manifest counts or watermark are malformed ({exc!r})") from None
+        log_id, log_seq = self._store.log_position(conn)
+        if last_id > log_id or last_seq > log_seq:
+            # The snapshot saw writes the log no longer has: acknowledged items were lost with the log.
+            raise CorruptGallery(
+                f"the log {self.path / DB} ends at id {log_id} (removal {log_seq}) but its snapshot covers id"
+                f" {last_id} (removal {last_seq}): acknowledged writes are missing from the log (an older copy?);"
+                f" restore the log, or delete {MANIFEST} to serve the log as it is"
+            )
+        if manifest.covers != self._store.covered_digest(conn, last_id, last_seq):
+            raise SnapshotError("the manifest's digest of the rows it covers disagrees with the log")
+        data = read_verified(self.path, manifest)
+        try:
+            index = faiss_index.from_bytes(data)
+        except RuntimeError as exc:
+            raise SnapshotError(f"snapshot {manifest.index_file} does not load ({exc})") from None
         if index.d != self.dim or index.ntotal != ntotal:
             raise SnapshotError(f"snapshot {manifest.index_file} disagrees with the manifest")
         self._install(index, bool(manifest.trained), last_id, last_seq)
@@ -430,6 +485,8 @@ class Gallery:
         with self._rw.write() if self._on_gpu else self._rw.read():
             data = faiss_index.to_bytes(self._index)
             ntotal = self._index.ntotal
+        with self._store.view() as conn:
+            covers = self._store.covered_digest(conn, self._last_id, self._last_seq)
         name = f"index.{self._next_generation():06d}.faiss"
         write_atomic(self.path / name, data)
         manifest = Manifest(
@@ -443,6 +500,8 @@ class Gallery:
             checksums={name: sha256(data)},
             watermark={"last_id": self._last_id, "last_removal_seq": self._last_seq},
             written_at=_now_iso(),
+            gallery_id=self._settings[GALLERY_ID],
+            covers=covers or "",
         )
         write_atomic(self.path / MANIFEST, manifest.to_bytes())
         self._dirty = 0
@@ -585,6 +644,38 @@ class Gallery:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # closing the descriptor releases the flock
                 self._lock_fd = None
+
+
+def _items_without_log(path: Path) -> str | None:
+    """What in a folder without its log shows that the gallery held items, or None (never held any)."""
+    if (path / f"{DB}-wal").is_file() and (path / f"{DB}-wal").stat().st_size:
+        return f"{DB}-wal is still there"
+    if (path / TRAINED).exists():
+        return f"{TRAINED} shows the index was trained on items"
+    if (path / MANIFEST).exists():
+        try:
+            manifest = read_manifest(path)
+            vectors, last_id = int(manifest.counts.get("vectors", 0)), int(manifest.watermark.get("last_id", 0))
+        except (SnapshotError, AttributeError, TypeError, ValueError):
+            return f"{MANIFEST} is there but unreadable (it may count items)"
+        if vectors or last_id:
+            return f"{MANIFEST} counts {vectors} items (ids up to {last_id})"
+    for p in sorted(path.iterdir()):
+        if INDEX_FILE.fullmatch(p.name):
+            try:
+                ntotal = faiss_index.from_bytes(p.read_bytes()).ntotal
+            except (OSError, RuntimeError):
+                return f"snapshot {p.name} is there but unreadable (it may hold items)"
+            if ntotal:
+                return f"snapshot {p.name} holds {ntotal} vectors"
+    return None
+
+
+def _missing_log_message(evidence: str) -> str:
+    return (
+        f"the gallery's log of record ({DB}) is missing while {evidence}; restore the log, or open with"
+        " allow_missing_log=True to start an empty gallery"
+    )
 
 
 def _now_iso() -> str:

@@ -4,6 +4,11 @@ Write: temp file in the same folder, fsync, rename over the target, fsync the fo
 faiss.write_index tore the file in 19 of 25 kill -9 runs in the reliability probe; this in 0 of 25).
 Read: sha256 of every snapshot file is in the manifest, and the manifest carries a checksum of its own
 body, because faiss loads a flipped payload byte silently.
+
+Bound to its log: the manifest names the gallery (the random id its log holds in ``meta``) and, for the log
+position it covers, a digest of the (id, vector crc32) pairs then live. A snapshot and manifest copied from
+another gallery, or a log that has changed underneath them, fail that check and the gallery is rebuilt
+from its log.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: bound to the log (gallery_id, covers); older manifests are rebuilt
 
 
 class SnapshotError(Exception):
@@ -59,6 +64,8 @@ class Manifest:
     checksums: dict  # {file name: sha256}
     watermark: dict  # {"last_id": ..., "last_removal_seq": ...}: the log rows this snapshot covers
     written_at: str
+    gallery_id: str = ""  # the log's gallery id
+    covers: str = ""  # sha256 of the (id, vector crc32) pairs live at the watermark (Store.covered_digest)
     format: int = MANIFEST_FORMAT
 
     def to_bytes(self) -> bytes:
@@ -79,7 +86,7 @@ class Manifest:
         except TypeError as exc:
             raise SnapshotError(f"manifest fields are wrong ({exc})") from None
         if manifest.format != MANIFEST_FORMAT:
-            raise SnapshotError(f"manifest format {manifest.format} is not {MANIFEST_FORMAT}")
+            raise SnapshotError(f"manifest format {manifest.format} is not {MANIFEST_FORMAT} (an older version's)")
         return manifest
 
 

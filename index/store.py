@@ -2,12 +2,22 @@
 
 An add is acknowledged only after its transaction commits, so it survives kill -9 whatever happens to the
 faiss snapshot. Ids come from AUTOINCREMENT and are never reused. A remove deletes the row and appends
-the id to ``removals`` so that a snapshot older than the remove can be caught up.
+the id (and its vector's crc32) to ``removals`` so that a snapshot older than the remove can be caught up
+and still be checked against the log.
+
+SQLite checks its pages and structure, not the bytes of a value, so every row carries two crc32s: one of its
+vector (checked whenever vectors are read) and one of its record (checked whenever a record is read: a row
+that fails it is refused, never served). Reads never fail on a value an older version stored: text that is
+not UTF-8 is decoded with U+FFFD, a capture time that is not a finite number reads as None, and metadata that
+cannot be served reads as ``{"_unreadable": reason}`` (index/metadata.py); each is logged once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
 import sqlite3
 import threading
 import time
@@ -18,8 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from index import metadata
 from index.errors import CorruptGallery
 from index.records import Record
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,23 +47,107 @@ CREATE TABLE IF NOT EXISTS items (
     metadata TEXT NOT NULL DEFAULT '{}',
     added_at REAL NOT NULL,
     vector BLOB NOT NULL,
-    vector_crc INTEGER NOT NULL  -- crc32 of the blob: SQLite checks pages and structure, not payload bytes
+    vector_crc INTEGER NOT NULL,  -- crc32 of the blob: SQLite checks pages and structure, not payload bytes
+    record_crc INTEGER  -- crc32 of the record (record_crc below); NULL in rows written before it existed
 );
 CREATE INDEX IF NOT EXISTS items_content_hash ON items (content_hash);
-CREATE TABLE IF NOT EXISTS removals (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS removals (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER NOT NULL, vector_crc INTEGER);
 """
-RECORD_COLUMNS = "id, person_id, camera_id, captured_at, track_id, source, content_hash, metadata, added_at"
+# Columns later versions added to a log of record: (table, column, declaration). Added on a writable open.
+UPGRADES = [("items", "record_crc", "INTEGER"), ("removals", "vector_crc", "INTEGER")]
+GALLERY_ID = "gallery_id"  # in meta: a random id made with the log; manifests name the log they belong to
+# Metadata is read as bytes (CAST) so that text which is not UTF-8 reaches metadata.decode instead of failing.
+RECORD_COLUMNS = (
+    "id, person_id, camera_id, captured_at, track_id, source, content_hash, CAST(metadata AS BLOB), added_at, "
+)
+TEXT_FIELDS = ("person_id", "camera_id", "track_id", "source", "content_hash")
 SQL_VARS = 900  # below SQLite's default limit on host parameters per statement
 FETCH_ROWS = 4096
 
 
-def _row_to_record(row) -> Record:
-    rid, person, camera, captured, track, source, chash, meta, added = row
-    return Record(person, camera, captured, track, source, chash, json.loads(meta), id=rid, added_at=added)
+def record_crc(rid: int, person, camera, captured, track, source, chash, meta_text: str, added) -> int:
+    """crc32 of a record as stored (its id included, so a row cannot move to another id unnoticed)."""
+    fields = [rid, person, camera, captured, track, source, chash, meta_text, added]
+    return zlib.crc32(json.dumps(fields, allow_nan=True).encode())
+
+
+def _row_to_record(row, path: Path | None = None) -> Record:
+    """A Record from a stored row; CorruptGallery if the row fails its crc32, anything else is served safely."""
+    rid, person, camera, captured, track, source, chash, meta, added, crc = row
+    if crc is not None:
+        try:
+            meta_text = meta.decode("utf-8")
+            ok = record_crc(rid, person, camera, captured, track, source, chash, meta_text, added) == crc
+        except (AttributeError, UnicodeDecodeError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CorruptGallery(f"gallery database {path}: the record of id {rid} is corrupt (crc32)")
+    problems = []
+    texts = [
+        _served_text(v, name, problems)
+        for v, name in zip((person, camera, track, source, chash), TEXT_FIELDS, strict=True)
+    ]
+    meta_value, reason = metadata.decode(meta)
+    if reason:
+        problems.append(reason)
+    record = Record(
+        *texts[:2],
+        _served_time(captured, "captured_at", problems),
+        *texts[2:],
+        metadata=meta_value,
+        id=rid,
+        added_at=_served_time(added, "added_at", problems),
+    )
+    if problems:
+        _report_once(path, rid, problems)
+    return record
+
+
+def _served_text(value, name: str, problems: list[str]) -> str | None:
+    if value is None or isinstance(value, str):
+        return value  # text that is not UTF-8 already arrived with U+FFFD (the connection's text_factory)
+    if isinstance(value, bytes):
+        problems.append(f"{name} is stored as a blob")
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _served_time(value, name: str, problems: list[str]) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    problems.append(f"{name} is not a finite number; served as null")
+    return None
+
+
+_REPORTED: set[tuple[str, int]] = set()
+_REPORTED_MAX = 10_000  # bounded: a log full of old rows must not grow this without end
+
+
+def _report_once(path: Path | None, rid: int, problems: list[str]) -> None:
+    key = (str(path), rid)
+    if key in _REPORTED:
+        return
+    if len(_REPORTED) < _REPORTED_MAX:
+        _REPORTED.add(key)
+    log.warning("gallery %s, id %d served with stand-ins: %s", path, rid, "; ".join(problems))
+
+
+def _decode_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
 
 
 def _opt_str(value) -> str | None:
     return None if value is None else str(value)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Store:
@@ -63,6 +160,7 @@ class Store:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
+        self._record_select: str | None = None  # the record columns of this log (older logs lack record_crc)
 
     # -- connections ---------------------------------------------------------------------------------------
 
@@ -75,6 +173,7 @@ class Store:
             else:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=check_same_thread)
             conn.execute("PRAGMA busy_timeout = 10000")
+            conn.text_factory = _decode_text  # text that is not UTF-8 must not fail a read
         except sqlite3.DatabaseError as exc:
             raise CorruptGallery(f"cannot open the gallery database {self.path}: {exc}") from exc
         with self._connections_lock:
@@ -115,6 +214,24 @@ class Store:
         conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", settings.items())
         conn.execute("COMMIT")
 
+    def upgrade(self) -> None:
+        """Add the columns later versions added (writable opens): older rows keep NULL there."""
+        conn = self.writer
+        for table, column, declaration in UPGRADES:
+            if column not in self._columns(conn, table):
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        self._record_select = None
+
+    @staticmethod
+    def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+        return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+    def _records_sql(self, conn: sqlite3.Connection) -> str:
+        if self._record_select is None:
+            crc = "record_crc" if "record_crc" in self._columns(conn, "items") else "NULL"
+            self._record_select = RECORD_COLUMNS + crc
+        return self._record_select
+
     def set_setting(self, key: str, value: str) -> None:
         conn = self.writer
         conn.execute("BEGIN IMMEDIATE")
@@ -134,34 +251,66 @@ class Store:
 
     # -- writes (caller holds the gallery's write mutex) -------------------------------------------------------
 
-    def insert(self, xb: np.ndarray, records: Sequence[Record]) -> list[int]:
+    def insert(
+        self,
+        xb: np.ndarray,
+        records: Sequence[Record],
+        *,
+        given_ids: Sequence[int] | None = None,
+        keep_added_at: bool = False,
+    ) -> list[int]:
+        """Commit the rows; metadata.MetadataError (a ValueError) before anything is written if a record's
+        metadata could not be read back as it was given. ``given_ids`` (increasing, above every id assigned so
+        far) and ``keep_added_at`` import rows from another gallery under their own ids and times."""
         now = time.time()
-        rows = [
-            (
-                _opt_str(r.person_id),
-                _opt_str(r.camera_id),
-                None if r.captured_at is None else float(r.captured_at),
-                _opt_str(r.track_id),
-                _opt_str(r.source),
-                r.content_hash,
-                json.dumps(r.metadata or {}, sort_keys=True),
-                now,
-                x.tobytes(),
-                zlib.crc32(x.tobytes()),
-            )
-            for x, r in zip(xb, records, strict=True)
-        ]
+        stamps = [r.added_at if keep_added_at and r.added_at is not None else now for r in records]
+        rows = []
+        for x, r in zip(xb, records, strict=True):
+            captured = None if r.captured_at is None else float(r.captured_at)
+            if captured is not None and not math.isfinite(captured):
+                raise ValueError("captured_at must be a finite number")
+            if captured == 0.0:
+                captured = 0.0  # SQLite stores -0.0 as 0: the checksum must be of what reads back
+            fields = [_opt_str(v) for v in (r.person_id, r.camera_id, r.track_id, r.source, r.content_hash)]
+            for name, value in zip(TEXT_FIELDS, fields, strict=True):
+                if value is not None and not _is_unicode(value):
+                    raise ValueError(f"{name} is not valid Unicode (a lone surrogate)")
+            person, camera, track, source, chash = fields
+            rows.append((person, camera, captured, track, source, chash, metadata.encode(r.metadata), x.tobytes()))
         conn = self.writer
         conn.execute("BEGIN IMMEDIATE")
         try:
-            ids = [
-                conn.execute(
-                    "INSERT INTO items (person_id, camera_id, captured_at, track_id, source, content_hash,"
-                    " metadata, added_at, vector, vector_crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                ).lastrowid
-                for row in rows
-            ]
+            # The ids AUTOINCREMENT would pick, chosen here because each is part of its record's checksum.
+            last = conn.execute(
+                "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0),"
+                " COALESCE((SELECT MAX(id) FROM items), 0))"
+            ).fetchone()[0]
+            ids = list(range(last + 1, last + 1 + len(rows))) if given_ids is None else [int(i) for i in given_ids]
+            if ids and ids[0] <= last:
+                raise ValueError(f"id {ids[0]} is not above the last id assigned ({last})")
+            conn.executemany(
+                "INSERT INTO items (id, person_id, camera_id, captured_at, track_id, source, content_hash,"
+                " metadata, added_at, vector, vector_crc, record_crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        rid,
+                        person,
+                        camera,
+                        captured,
+                        track,
+                        source,
+                        chash,
+                        meta,
+                        stamp,
+                        blob,
+                        zlib.crc32(blob),
+                        record_crc(rid, person, camera, captured, track, source, chash, meta, stamp),
+                    )
+                    for rid, (person, camera, captured, track, source, chash, meta, blob), stamp in zip(
+                        ids, rows, stamps, strict=True
+                    )
+                ],
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -173,14 +322,16 @@ class Store:
         conn = self.writer
         conn.execute("BEGIN IMMEDIATE")
         try:
-            present = []
+            found = []  # (id, vector crc32): a snapshot from before the remove is checked against these
             for chunk in _chunks(list(ids), SQL_VARS):
                 marks = ",".join("?" * len(chunk))
-                present += [r[0] for r in conn.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)]
+                found += conn.execute(f"SELECT id, vector_crc FROM items WHERE id IN ({marks})", chunk).fetchall()
+            found.sort()
+            present = [rid for rid, _ in found]
             for chunk in _chunks(present, SQL_VARS):
                 marks = ",".join("?" * len(chunk))
                 conn.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk)
-            conn.executemany("INSERT INTO removals (id) VALUES (?)", [(i,) for i in present])
+            conn.executemany("INSERT INTO removals (id, vector_crc) VALUES (?, ?)", found)
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM removals").fetchone()[0]
             conn.execute("COMMIT")
         except BaseException:
@@ -208,17 +359,18 @@ class Store:
         return None if row is None else row[0]
 
     def get(self, rid: int) -> Record | None:
-        row = self.reader().execute(f"SELECT {RECORD_COLUMNS} FROM items WHERE id = ?", (rid,)).fetchone()
-        return None if row is None else _row_to_record(row)
+        conn = self.reader()
+        row = conn.execute(f"SELECT {self._records_sql(conn)} FROM items WHERE id = ?", (rid,)).fetchone()
+        return None if row is None else _row_to_record(row, self.path)
 
-    def records(self, ids: Sequence[int]) -> dict[int, Record]:
+    def records(self, ids: Sequence[int], conn: sqlite3.Connection | None = None) -> dict[int, Record]:
         """Records of the ids that exist (removed ids are simply absent)."""
         out: dict[int, Record] = {}
-        conn = self.reader()
+        conn = conn or self.reader()
         for chunk in _chunks(list(ids), SQL_VARS):
             marks = ",".join("?" * len(chunk))
-            for row in conn.execute(f"SELECT {RECORD_COLUMNS} FROM items WHERE id IN ({marks})", chunk):
-                out[row[0]] = _row_to_record(row)
+            for row in conn.execute(f"SELECT {self._records_sql(conn)} FROM items WHERE id IN ({marks})", chunk):
+                out[row[0]] = _row_to_record(row, self.path)
         return out
 
     def find_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
@@ -238,10 +390,13 @@ class Store:
         return (last_id[0] if last_id else 0), last_seq
 
     def vectors_after(
-        self, conn: sqlite3.Connection, after_id: int, dim: int
+        self, conn: sqlite3.Connection, after_id: int, dim: int, limit: int = -1
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, xb) chunks of the live rows with id > after_id, in id order; each blob checked against its crc32."""
-        cursor = conn.execute("SELECT id, vector, vector_crc FROM items WHERE id > ? ORDER BY id", (after_id,))
+        """(ids, xb) chunks of the live rows with id > after_id (the first ``limit``; -1: all), in id order; each
+        blob checked against its crc32."""
+        cursor = conn.execute(
+            "SELECT id, vector, vector_crc FROM items WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        )
         while rows := cursor.fetchmany(FETCH_ROWS):
             for rid, blob, crc in rows:
                 if zlib.crc32(blob) != crc:
@@ -251,6 +406,21 @@ class Store:
             if len(blobs) != len(rows) * dim * 4:
                 raise CorruptGallery(f"gallery database {self.path}: a stored vector is not {dim} float32 values")
             yield ids, np.frombuffer(blobs, dtype=np.float32).reshape(len(rows), dim)
+
+    def covered_digest(self, conn: sqlite3.Connection, last_id: int, last_seq: int) -> str | None:
+        """sha256 of the (id, vector crc32) pairs a snapshot at this log position holds: the rows then live.
+
+        Those are the live rows up to ``last_id`` plus the ones removed since ``last_seq`` (ids are never
+        reused). None when it cannot be told: a removal recorded without its crc (by an older version).
+        """
+        live = conn.execute("SELECT id, vector_crc FROM items WHERE id <= ?", (last_id,)).fetchall()
+        crc = "vector_crc" if "vector_crc" in self._columns(conn, "removals") else "NULL"
+        sql = f"SELECT id, {crc} FROM removals WHERE seq > ? AND id <= ?"
+        removed = conn.execute(sql, (last_seq, last_id)).fetchall()
+        if any(c is None for _, c in removed):
+            return None
+        pairs = np.array(sorted(live + removed), dtype=np.int64).reshape(-1, 2)
+        return hashlib.sha256(np.ascontiguousarray(pairs).tobytes()).hexdigest()
 
     def removals_after(self, conn: sqlite3.Connection, after_seq: int) -> list[int]:
         return [r[0] for r in conn.execute("SELECT id FROM removals WHERE seq > ? ORDER BY seq", (after_seq,))]

@@ -28,7 +28,7 @@ from embedders.base import (
 )
 from formats.images import decode_image, resize
 from formats.spec import ModelSpec
-from index.errors import GalleryError, ModelMismatch
+from index.errors import GalleryError, MissingLog, ModelMismatch
 from index.gallery import Gallery
 from server.metrics import Metrics
 from server.settings import Settings
@@ -89,12 +89,17 @@ class Resources:
                 dim=spec.dim,
                 factory=s.index_factory,
                 threads=s.search_threads,
+                allow_missing_log=s.gallery_allow_missing_log,
             )
         except ModelMismatch as exc:
             log.error("gallery refused: %s", exc)
             self.not_ready_reason = (
                 f"the gallery was built with another model than {spec.model_id}; re-index it with this model"
             )
+            return
+        except MissingLog as exc:  # its message names files, not paths, and says what the operator can do
+            log.error("gallery refused: %s", exc)
+            self.not_ready_reason = f"{exc} (REID_GALLERY_ALLOW_MISSING_LOG=true)"
             return
         except GalleryError as exc:
             log.error("gallery could not be opened: %s", exc)

@@ -8,6 +8,11 @@ from pydantic import BaseModel, Field
 
 from index.records import Hit, Identity, Record
 
+METADATA_DOC = (
+    'the JSON object stored with the image; {"_unreadable": reason} stands in for a stored value that cannot be'
+    " served (written by an older version, or damaged)"
+)
+
 
 class GalleryItem(BaseModel):
     id: int
@@ -17,7 +22,7 @@ class GalleryItem(BaseModel):
     track_id: str | None = None
     source: str | None = None
     content_hash: str | None = None
-    metadata: dict[str, Any] = {}
+    metadata: dict[str, Any] = Field({}, description=METADATA_DOC)
     added_at: float | None = Field(None, description="Unix seconds")
 
     @classmethod
@@ -42,7 +47,7 @@ class SearchHit(BaseModel):
     camera_id: str | None
     captured_at: float | None = None
     track_id: str | None = None
-    metadata: dict[str, Any] = {}
+    metadata: dict[str, Any] = Field({}, description=METADATA_DOC)
 
     @classmethod
     def of(cls, hit: Hit) -> SearchHit:

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from formats.images import ImageLimits
 from index.metadata import MAX_DEPTH, Limits
+from index.metadata import MAX_DEPTH, Limits
 
 MAX_TOP_K = 100  # hard ceiling; the OpenAPI schema documents it
 
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
     gallery_dir: Path = Path("galleries/default")
     index_factory: str = "Flat"
     search_threads: int = Field(1, ge=1)  # faiss OpenMP threads: 1 is fastest for single queries on few cores
+    # A gallery folder whose log (gallery.sqlite) is gone while its snapshot or manifest shows it held items is
+    # refused (not ready); true starts it as an empty gallery instead, the old files set aside.
+    gallery_allow_missing_log: bool = False
     # Kept crops (index/crops.py): the bytes of every image added through the API, content-addressed, so the
     # gallery can be rebuilt for another model (python -m ingestion.reembed) and GET /v1/gallery/{id}/image shows
     # them. crops_dir defaults to <gallery_dir>/crops; a Milvus gallery has no folder and needs it set. An add
@@ -60,6 +64,13 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(16, ge=1)  # requests with their body in, beyond this get an immediate 503
     embed_deadline_s: float = Field(10.0, gt=0)
     retry_after_s: int = Field(1, ge=0)
+    # Gallery metadata (a JSON object per image), refused with 422 beyond these. Depth counts nested objects and
+    # arrays (a flat object is 1); items counts keys and array elements at every level; bytes is its compact JSON.
+    metadata_max_depth: int = Field(8, ge=1, le=MAX_DEPTH)
+    metadata_max_items: int = Field(256, ge=1)
+    metadata_max_key_chars: int = Field(128, ge=1)
+    metadata_max_value_chars: int = Field(4096, ge=1)
+    metadata_max_bytes: int = Field(16 * 1024, ge=2)
     # Gallery metadata (a JSON object per image), refused with 422 beyond these. Depth counts nested objects and
     # arrays (a flat object is 1); items counts keys and array elements at every level; bytes is its compact JSON.
     metadata_max_depth: int = Field(8, ge=1, le=MAX_DEPTH)
@@ -122,6 +133,17 @@ class Settings(BaseSettings):
         if uri.startswith("milvus://") or uri.endswith(".db"):
             return None
         return Path(uri or self.gallery_dir) / "crops"
+
+    @property
+    def metadata_limits(self) -> Limits:
+        return Limits(
+            max_depth=self.metadata_max_depth,
+            max_items=self.metadata_max_items,
+            max_key_chars=self.metadata_max_key_chars,
+            max_value_chars=self.metadata_max_value_chars,
+            max_bytes=self.metadata_max_bytes,
+            int64=True,
+        )
 
     @property
     def auth_enabled(self) -> bool:

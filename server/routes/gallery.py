@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from embedders.base import batch_slices
 from formats.images import ImageError
 from index.crops import CropStore, CropStoreFull
+from index.metadata import Limits, MetadataError, check
 from index.records import Record
 from server.auth import Admin, Reader
 from server.deps import ReadyDep
@@ -101,7 +102,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _metadata(text: str | None, i: int) -> dict:
+def _metadata(text: str | None, i: int, limits: Limits) -> dict:
+    """The metadata form field of image ``i`` as a dict within ``limits`` (the settings' metadata_max_*)."""
     if text is None or text == "":
         return {}
     try:
@@ -110,6 +112,10 @@ def _metadata(text: str | None, i: int) -> dict:
         raise APIError(422, "invalid_parameters", f"metadata of image {i} is not valid JSON") from None
     if not isinstance(value, dict):
         raise APIError(422, "invalid_parameters", f"metadata of image {i} must be a JSON object")
+    try:
+        check(value, limits)
+    except MetadataError as exc:
+        raise APIError(422, "invalid_parameters", f"metadata of image {i}: {exc}") from None
     return value
 
 
@@ -139,7 +145,8 @@ async def add_images(
     cameras = [c or None for c in _per_image(camera_id, n, "camera_id")]  # "" means unknown
     times = _per_image(captured_at, n, "captured_at")
     tracks = [t or None for t in _per_image(track_id, n, "track_id")]
-    metas = [_metadata(m, i) for i, m in enumerate(_per_image(metadata, n, "metadata"))]
+    limits = res.settings.metadata_limits
+    metas = [_metadata(m, i, limits) for i, m in enumerate(_per_image(metadata, n, "metadata"))]
     if any(not p for p in people):
         raise APIError(422, "invalid_parameters", "person_id must not be empty")
     blobs = [await image.read() for image in images]
