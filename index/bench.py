@@ -4,6 +4,17 @@
     python -m index.bench --sizes 1000000 --dim 128 --out bench/index-1m.json
     python -m index.bench --threads-only --out bench/index-threads.json
 
+And per gallery backend (--serving; embedded, milvus-lite, or a Milvus server with --milvus-uri): search p50/p99
+at concurrency 4 on an idle gallery and while a writer adds 16 items at a time, as fast as it can (--concurrent),
+and single-query p50/p99 with and without a camera filter at each size:
+
+    python -m index.bench --serving --backend embedded --concurrent --sizes 10000 --artifact artifacts/demo
+    python -m index.bench --serving --backend milvus-lite --sizes 1000000 --dim 512 --out bench/gallery-1m.json
+
+--dispatch serial runs every gallery call on one thread, as the server did before searches and writes were
+separated (a search waits for the add in front of it); the default, pool, is the server now: searches on a pool
+of threads, writes on their own thread.
+
 Vectors are synthetic unit vectors around random centres (like embeddings of people seen several times).
 Each gallery is built through Gallery.add, so the SQLite log is part of what is measured. Latency is for
 single queries (nq=1, k=10), one after another on one thread; QPS = 1 / mean latency. Recall@10 is against
@@ -22,16 +33,23 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from index.gallery import Gallery, Record
+from index.records import SearchFilter
 
 MODEL = "bench"
 K = 10
+CAMERAS = 6  # the serving benchmark's records come from this many cameras; the filter keeps one of them
+WRITER_BATCH = 16  # items per add of the continuous writer (a full API gallery batch is 32 at most)
+FILL_BATCH = 10_000
+DEMO_DIM = 512  # the demo artifact's embedding size (ResNet-18 APNet), when no --artifact is given
 
 
 def unit_vectors(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
@@ -126,10 +144,139 @@ def bench_threads(n: int = 10_000, dim: int = 512, queries: int = 200) -> dict:
     return {"n": n, "dim": dim, "k": K, **out}
 
 
+# -- per backend: searches beside a writer, filters ----------------------------------------------------------
+
+
+def _percentiles(lat: list[float] | np.ndarray) -> dict:
+    lat = np.asarray(lat)
+    return {
+        "searches": int(len(lat)),
+        "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 3),
+        "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 3),
+    }
+
+
+def bench_records(start: int, n: int) -> list[Record]:
+    return [Record(person_id=f"p{(start + i) % 1000}", camera_id=f"c{(start + i) % CAMERAS}") for i in range(n)]
+
+
+def open_backend(backend: str, folder: Path, name: str, dim: int, args):
+    """A new, empty gallery of ``backend`` (imported here: the embedded sweep needs no Milvus packages)."""
+    from index.backends import open_gallery
+
+    if backend == "embedded":
+        uri: str = str(folder / name)
+    elif backend == "milvus-lite":
+        uri = str(folder / f"{name}.db")
+    else:
+        uri = f"{args.milvus_uri.rstrip('/').rsplit('/', 1)[0]}/bench_{name}"
+    return open_gallery(uri, model_id=MODEL, dim=dim, factory=args.serving_factory)
+
+
+def fill(gallery, xb: np.ndarray) -> float:
+    t0 = time.perf_counter()
+    for start in range(0, len(xb), FILL_BATCH):
+        chunk = xb[start : start + FILL_BATCH]
+        gallery.add(chunk, bench_records(start, len(chunk)), model_id=MODEL)
+    return time.perf_counter() - t0
+
+
+def concurrent_searches(gallery, xq: np.ndarray, xw: np.ndarray | None, searchers: int, per_thread: int, dispatch: str):
+    """p50/p99 of ``searchers`` threads searching ``per_thread`` times each; with ``xw``, a writer adds it
+    WRITER_BATCH at a time, without pause, until the searches are done."""
+    serial = ThreadPoolExecutor(1, thread_name_prefix="gallery") if dispatch == "serial" else None
+
+    def call(fn, *a, **kw):
+        return serial.submit(fn, *a, **kw).result() if serial is not None else fn(*a, **kw)
+
+    latencies: list[float] = []
+    lock = threading.Lock()
+    done = threading.Event()
+    start = threading.Barrier(searchers + (xw is not None))
+    added = [0]
+
+    def search(t: int) -> None:
+        mine = []
+        start.wait()
+        for i in range(per_thread):
+            q = xq[(t * per_thread + i) % len(xq)]
+            t0 = time.perf_counter()
+            call(gallery.search, q, K, model_id=MODEL)
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    def write() -> None:
+        start.wait()
+        i = 0
+        while not done.is_set():
+            chunk = xw[i % len(xw) : i % len(xw) + WRITER_BATCH]
+            call(gallery.add, chunk, bench_records(i, len(chunk)), model_id=MODEL)
+            added[0] += len(chunk)
+            i += WRITER_BATCH
+
+    threads = [threading.Thread(target=search, args=(t,)) for t in range(searchers)]
+    writer = threading.Thread(target=write) if xw is not None else None
+    t0 = time.perf_counter()
+    for t in threads + ([writer] if writer else []):
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    done.set()
+    if writer:
+        writer.join()
+    if serial is not None:
+        serial.shutdown()
+    out = _percentiles(latencies)
+    if xw is not None:
+        out["writer_items_per_s"] = round(added[0] / wall, 1)
+    return out
+
+
+def filtered_latencies(gallery, xq: np.ndarray) -> dict:
+    """Single queries one after another: no filter, and one camera of CAMERAS."""
+    one_camera = SearchFilter(cameras=["c1"])
+    out = {}
+    for name, f in (("no_filter", None), ("camera_filter", one_camera)):
+        lat = latencies(lambda q, f=f: gallery.search(q, K, f, model_id=MODEL), xq)
+        out[name] = _percentiles(lat)
+    return out
+
+
+def bench_serving(backend: str, folder: Path, n: int, dim: int, args) -> dict:
+    x = unit_vectors(n + args.queries + 20_000, dim, args.clusters, seed=n)
+    xb, xq, xw = x[:n], x[n : n + args.queries], x[n + args.queries :]
+    name = f"{backend.replace('-', '_')}_{n}"
+    gallery = open_backend(backend, folder, name, dim, args)
+    try:
+        fill_s = fill(gallery, xb)
+        result = {"backend": backend, "n": n, "dim": dim, "factory": args.serving_factory, "fill_s": round(fill_s, 1)}
+        result["single"] = filtered_latencies(gallery, xq)
+        if args.concurrent:
+            per = max(1, args.queries // 4)
+            result["dispatch"] = args.dispatch
+            result["idle_c4"] = concurrent_searches(gallery, xq, None, 4, per, args.dispatch)
+            result["writing_c4"] = concurrent_searches(gallery, xq, xw, 4, per, args.dispatch)
+            result["ratio_p99"] = round(result["writing_c4"]["p99_ms"] / result["idle_c4"]["p99_ms"], 2)
+    finally:
+        gallery.close()
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def artifact_dim(artifact: Path | None) -> int:
+    if artifact is None:
+        return DEMO_DIM
+    from formats.spec import ModelSpec
+
+    return ModelSpec.from_json((artifact / "spec.json").read_text()).dim
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m index.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10000,100000", help="gallery sizes, comma separated (0: none)")
-    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--dim", type=int, default=None, help=f"default 2048 ({DEMO_DIM} with --serving)")
     p.add_argument("--factory", action="append", help="index type(s); default Flat, IVF<~4 sqrt N>,Flat, HNSW32")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--nprobe", type=int, default=16)
@@ -137,8 +284,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters", type=int, default=1000)
     p.add_argument("--threads-only", action="store_true", help="only the OpenMP 1-vs-2-thread measurement")
     p.add_argument("--workdir", type=Path, default=None, help="where galleries are built (default: a temp dir)")
-    p.add_argument("--out", type=Path, default=Path("bench/index.json"))
+    p.add_argument("--out", type=Path, default=None, help="default bench/index.json (bench/gallery-BACKEND.json)")
+    serving = p.add_argument_group("per gallery backend (--serving)")
+    serving.add_argument("--serving", action="store_true", help="the per-backend benchmark instead of the sweep")
+    serving.add_argument("--backend", choices=["embedded", "milvus-lite", "milvus"], default="embedded")
+    serving.add_argument("--milvus-uri", help="milvus://HOST:PORT/COLLECTION for --backend milvus")
+    serving.add_argument("--serving-factory", default="Flat", help="index type of the benchmarked gallery")
+    serving.add_argument("--artifact", type=Path, help="take --dim from this artifact's spec.json")
+    serving.add_argument("--concurrent", action="store_true", help="also c=4 idle and beside a writer")
+    serving.add_argument("--dispatch", choices=["pool", "serial"], default="pool")
     args = p.parse_args(argv)
+    if args.serving:
+        return main_serving(args, argv)
+    args.out = args.out or Path("bench/index.json")
+    args.dim = args.dim or 2048
 
     report: dict = {
         "command": " ".join(["python -m index.bench", *(argv if argv is not None else sys.argv[1:])]),
@@ -164,6 +323,28 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
+    return 0
+
+
+def main_serving(args: argparse.Namespace, argv: list[str] | None) -> int:
+    if args.backend == "milvus" and not args.milvus_uri:
+        raise SystemExit("--backend milvus needs --milvus-uri milvus://HOST:PORT/COLLECTION")
+    dim = artifact_dim(args.artifact) if args.artifact else args.dim or DEMO_DIM
+    out = args.out or Path(f"bench/gallery-{args.backend}.json")
+    report: dict = {
+        "command": " ".join(["python -m index.bench", *(argv if argv is not None else sys.argv[1:])]),
+        "host": {"cpus": len(os.sched_getaffinity(0)), "machine": platform.machine(), "faiss": faiss.__version__},
+        "runs": [],
+    }
+    folder = Path(tempfile.mkdtemp(prefix="gallery-bench-", dir=args.workdir))
+    try:
+        for n in [int(s) for s in args.sizes.split(",") if int(s) > 0]:
+            report["runs"].append(bench_serving(args.backend, folder, n, dim, args))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
     return 0
 
 

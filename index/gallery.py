@@ -63,10 +63,20 @@ METRIC = "inner_product"
 INDEX_FILE = re.compile(r"index\.(\d{6})\.faiss")
 FILTER_OVERFETCH = 4  # first fetch is k * this when filters are given; every widening multiplies it again
 SNAPSHOT_EVERY = 50_000  # mutations between automatic snapshots: bounds the catch-up work on open
+COMPACT_AT = 1024  # removed ids left in the index (tombstones) before it is compacted off the search path
 
 
 class Gallery:
-    """Use Gallery.create / open / open_or_create; the constructor does no I/O."""
+    """Use Gallery.create / open / open_or_create; the constructor does no I/O.
+
+    Concurrency: searches run on any thread, many at once, and never wait for a write. Writes (add, remove,
+    training, snapshots) take the write mutex one at a time; of those, only the swap of the faiss index or an
+    add into it (a memcpy for Flat and IVF) takes the index lock that searches share. Removals leave tombstones
+    (searches skip ids the log no longer holds); compaction, IVF training and HNSW rebuilds build the new index
+    beside the one being searched and swap it in; snapshots serialise the index under the shared side.
+    """
+
+    backend = "embedded"
 
     def __init__(
         self,
@@ -439,20 +449,38 @@ class Gallery:
         return [(added[i], True) if i in added else (known[r.content_hash], False) for i, r in enumerate(records)]
 
     def remove(self, ids) -> int:
-        """Remove the ids that exist; returns how many were removed. Ids are never reused."""
+        """Remove the ids that exist; returns how many were removed. Ids are never reused.
+
+        Searches stop returning them as soon as the log commits (a hit whose record is gone is skipped); the
+        vectors stay in the index as tombstones until a compaction, which never holds up a search."""
         self._check_writable()
         wanted = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).ravel() if i >= 0})
         with self._write_mutex:
             self._check_open()
             removed, seq = self._store.delete(wanted)
-            if removed:
-                with self._rw.write():
-                    self._remove_from_index(removed)
+            self._tombstones.update(removed)
             self._last_seq = seq
             self._count -= len(removed)
             self._dirty += len(removed)
+            if len(self._tombstones) >= COMPACT_AT:
+                self._compact()
             self._maybe_snapshot()
         return len(removed)
+
+    def _compact(self) -> None:
+        """Drop the tombstones from the index: a copy loses them while searches use the original, then the copy
+        is swapped in. Indexes that cannot remove (HNSW, GPU) are rebuilt from the log by the next snapshot.
+        Caller holds the write mutex. The copy costs the index's memory again, for as long as it runs."""
+        if not self._tombstones or not self._kind.can_remove or self._on_gpu:
+            return
+        gone = np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))
+        with self._rw.read():
+            index = faiss.clone_index(self._index)
+        index.remove_ids(gone)
+        faiss_index.set_search_params(index, self.nprobe, self.ef_search)
+        with self._rw.write():
+            self._index = index
+            self._tombstones = set()
 
     def _remove_from_index(self, ids: list[int]) -> None:
         if self._kind.can_remove and not self._on_gpu:
@@ -469,12 +497,14 @@ class Gallery:
 
     def _maybe_snapshot(self) -> None:
         if self._dirty >= self.snapshot_every:
+            self._compact()
             self._write_snapshot()
 
     def snapshot(self) -> None:
         """Write the index and manifest now (also done on close and every ``snapshot_every`` mutations)."""
         self._check_writable()
         with self._write_mutex:
+            self._compact()
             self._write_snapshot()
 
     def _write_snapshot(self) -> None:
@@ -538,6 +568,56 @@ class Gallery:
         self._check_open()
         return self._store.find_hashes(hashes)
 
+    def records(self, ids: Sequence[int]) -> dict[int, Record]:
+        """Records of the ids that exist (removed ids are simply absent)."""
+        self._check_open()
+        return self._store.records([int(i) for i in ids if int(i) >= 0])
+
+    def check_compatible(self, model_id: str, dim: int | None) -> None:
+        """ModelMismatch unless the gallery holds ``dim``-d embeddings of ``model_id``."""
+        self._check_model(model_id)
+        if dim is not None and dim != self.dim:
+            raise ModelMismatch(f"the gallery holds {self.dim}-d vectors, not {dim}-d")
+
+    def scan(self, after_id: int, limit: int) -> tuple[np.ndarray, np.ndarray, list[Record]]:
+        """Up to ``limit`` items with id > after_id, in id order: (ids, vectors, records), read in one view."""
+        self._check_open()
+        with self._store.view() as conn:
+            chunks = self._store.vectors_after(conn, int(after_id), self.dim, limit=limit)
+            ids, xb = next(chunks, (np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)))
+            chunks.close()
+            found = self._store.records(ids.tolist(), conn)
+        return ids, xb, [found[int(i)] for i in ids]
+
+    def import_items(self, ids: Sequence[int], xb, records: Sequence[Record], *, model_id: str) -> int:
+        """Add items under the ids they have in another gallery (reid gallery copy), with their added_at. The
+        ids must be increasing and above every id this gallery ever assigned (copies go in id order)."""
+        ids = [int(i) for i in ids]
+        records = list(records)
+        if len(records) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(records)} records")
+        if any(b <= a for a, b in zip(ids, ids[1:], strict=False)) or any(i < 1 for i in ids):
+            raise ValueError("imported ids must be positive and increasing")
+        with self._write_mutex:
+            self._check_writable()
+            self._check_model(model_id)
+            xb = self._unit_vectors(xb, "vectors")
+            if len(xb) != len(ids):
+                raise ValueError(f"{len(xb)} vectors but {len(ids)} ids")
+            if not ids:
+                return 0
+            if ids[0] <= self._last_id:
+                raise GalleryError(f"the gallery already assigned ids up to {self._last_id}; cannot import {ids[0]}")
+            self._store.insert(xb, records, given_ids=ids, keep_added_at=True)
+            with self._rw.write():
+                self._index.add_with_ids(xb, np.asarray(ids, dtype=np.int64))
+            self._last_id = ids[-1]
+            self._count += len(ids)
+            self._dirty += len(ids)
+            self._maybe_train()
+            self._maybe_snapshot()
+        return len(ids)
+
     def search(self, xq, k: int, filters: SearchFilter | None = None, *, model_id: str) -> list[list[Hit]]:
         """Top-k hits per query, best first, with their records; fewer than k when the gallery runs out.
 
@@ -553,7 +633,8 @@ class Gallery:
         results: list[list[Hit]] = [[] for _ in range(len(xq))]
         with self._rw.read():
             ntotal, holes = self._index.ntotal, len(self._tombstones)
-        fetch = min(ntotal, k * (FILTER_OVERFETCH if active else 1) + holes)
+        # A few extra for removed ids still in the index; the widening below covers any shortfall.
+        fetch = min(ntotal, k * (FILTER_OVERFETCH if active else 1) + min(holes, k))
         pending = list(range(len(xq)))
         while pending and fetch > 0:
             # GPU indexes are not thread-safe even for searches: those take the exclusive side of the lock.
@@ -637,6 +718,7 @@ class Gallery:
         try:
             if not self.readonly and self._index is not None and self._dirty:
                 with self._write_mutex:
+                    self._compact()
                     self._write_snapshot()
         finally:
             self._closed = True

@@ -1,0 +1,587 @@
+"""The gallery in Milvus: one collection per gallery, on a Milvus server or in a Milvus Lite file.
+
+Collection: id (INT64 primary key, assigned here), vector (FLOAT_VECTOR, L2-normalised, metric IP), person_id,
+camera_id, track_id, source, content_hash (VARCHAR, nullable), captured_at, added_at (DOUBLE) and metadata (JSON).
+Its properties record what the gallery is: reid.model_id, reid.dim, reid.metric, reid.factory and reid.next_id;
+opening checks them, as the embedded store checks its log, and refuses another model with ModelMismatch.
+
+Consistency level Strong: a search sees every write acknowledged before it, so an added item is found by the next
+search and a removed one never comes back. Milvus filters before it ranks, so a filtered search returns the
+true top k that pass (no over-fetching). Filters become Milvus boolean expressions built here from validated
+values only: strings are checked and written as escaped literals, numbers as finite floats; nothing a caller
+sends is pasted into an expression.
+
+Ids are not Milvus' auto_id: those are assigned by the server, so a copy into another collection would renumber
+every item. They come from reid.next_id, reserved in blocks (the block is persisted before any of its ids is
+used, so ids are never reused after a crash; a crash leaves a gap). Reservations re-read the property, so writer
+processes that take turns share one sequence; two processes reserving at the same instant could collide, so run
+one writing process per collection (the embedded store enforces the same with its lock file). add_new's
+content-hash check and insert run under one lock: atomic within a process.
+
+Index types by the same factory strings as the embedded store (Flat -> FLAT, IVF{n},Flat -> IVF_FLAT,
+IVF{n},PQ{m} -> IVF_PQ, HNSW{M} -> HNSW), or any Milvus index type by name, with parameters after a colon,
+passed through unchanged (GPU_CAGRA:intermediate_graph_degree=64, GPU_IVF_FLAT:nlist=1024, DISKANN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from time import time
+
+import numpy as np
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from index.backends import GalleryURI
+from index.errors import GalleryError, InvalidVector, ModelMismatch
+from index.records import Hit, Record, SearchFilter
+
+METRIC = "inner_product"
+FORMAT = "1"
+PROP = "reid."  # prefix of the collection properties this module owns
+ID_BLOCK = 1024  # ids reserved per property write
+MAX_TEXT = 1024  # bytes of person, camera and track ids
+MAX_SOURCE = 4096
+MAX_HASH = 128
+QUERY_WINDOW = 16_384  # Milvus' default cap on one query's or search's result size
+LITE_FLUSH_ROWS = 512  # Milvus Lite searches unflushed rows one by one (~0.1 ms each): flush every this many
+DEFAULT_NPROBE = 16
+DEFAULT_EF_SEARCH = 64
+HNSW_EF_CONSTRUCTION = 200
+TEXT_FIELDS = ("person_id", "camera_id", "track_id", "source", "content_hash")
+RECORD_FIELDS = [*TEXT_FIELDS, "captured_at", "added_at", "metadata"]
+PASS_THROUGH = re.compile(r"([A-Z][A-Z0-9_]*)(?::(.*))?")
+
+
+def milvus_index(factory: str, dim: int) -> tuple[str, dict]:
+    """(Milvus index type, build params) for a faiss-style factory string or a Milvus index name."""
+    if factory == "Flat":
+        return "FLAT", {}
+    if m := re.fullmatch(r"IVF(\d+),Flat", factory):
+        return "IVF_FLAT", {"nlist": int(m.group(1))}
+    if m := re.fullmatch(r"IVF(\d+),PQ(\d+)(?:x(\d+))?", factory):
+        nlist, pq_m, nbits = int(m.group(1)), int(m.group(2)), int(m.group(3) or 8)
+        if dim % pq_m:
+            raise ValueError(f"factory {factory!r}: PQ{pq_m} does not divide the dimension {dim}")
+        return "IVF_PQ", {"nlist": nlist, "m": pq_m, "nbits": nbits}
+    if m := re.fullmatch(r"HNSW(\d+)(?:,Flat)?", factory):
+        return "HNSW", {"M": int(m.group(1)), "efConstruction": HNSW_EF_CONSTRUCTION}
+    if m := PASS_THROUGH.fullmatch(factory):
+        params = {}
+        for item in filter(None, (m.group(2) or "").split(",")):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"index {factory!r}: parameters are key=value pairs separated by commas")
+            params[key.strip()] = _number(value.strip())
+        return m.group(1), params
+    raise ValueError(
+        f"unsupported index {factory!r}; use Flat, IVF<n>,Flat, IVF<n>,PQ<m>, HNSW<M> or a Milvus index type "
+        "name (e.g. GPU_CAGRA:intermediate_graph_degree=64)"
+    )
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def search_params(index_type: str, k: int, nprobe: int | None, ef_search: int | None) -> dict:
+    if index_type.startswith("IVF") or index_type.startswith("GPU_IVF"):
+        return {"nprobe": nprobe or DEFAULT_NPROBE}
+    if index_type == "HNSW":
+        return {"ef": max(k, ef_search or DEFAULT_EF_SEARCH)}
+    return {}
+
+
+# -- filters -> expressions -------------------------------------------------------------------------------------
+
+
+def text_literal(value: object, what: str = "value") -> str:
+    """A validated string as a Milvus string literal: quotes, backslashes and control characters escaped."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode text") from None
+    if size > MAX_TEXT:
+        raise ValueError(f"{what} is longer than {MAX_TEXT} bytes")
+    return json.dumps(value, ensure_ascii=False)  # JSON's string escapes are a subset of Milvus' (C-style)
+
+
+def number_literal(value: object, what: str) -> str:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be finite")
+    return repr(number)
+
+
+def _in_list(field: str, values: frozenset[str]) -> str:
+    literals = ", ".join(text_literal(v, field) for v in sorted(values))
+    return f"{field} in [{literals}]"
+
+
+def filter_expression(filters: SearchFilter | None) -> str:
+    """The Milvus boolean expression keeping exactly what SearchFilter.matches keeps ("" = everything)."""
+    if filters is None or filters.is_empty:
+        return ""
+    parts = []
+    for field, wanted in (("camera_id", filters.cameras), ("person_id", filters.person_ids)):
+        if wanted is not None:
+            parts.append(_in_list(field, wanted) if wanted else "id < 0")  # an empty set keeps nothing
+    if filters.exclude_cameras:  # records without a camera are kept, as in the embedded store
+        parts.append(f"(camera_id is null or not ({_in_list('camera_id', filters.exclude_cameras)}))")
+    if filters.time_from is not None:
+        parts.append(f"captured_at >= {number_literal(filters.time_from, 'time_from')}")
+    if filters.time_to is not None:
+        parts.append(f"captured_at <= {number_literal(filters.time_to, 'time_to')}")
+    return " and ".join(parts)
+
+
+def _id_list(ids: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(i)) for i in ids) + "]"
+
+
+# -- the gallery --------------------------------------------------------------------------------------------
+
+
+class MilvusGallery:
+    """Use MilvusGallery.open (or index.open_gallery); the constructor does no I/O."""
+
+    backend = "milvus"
+
+    def __init__(self, client: MilvusClient, target: GalleryURI, *, nprobe: int | None, ef_search: int | None):
+        self._client = client
+        self.target = target
+        self.collection = target.collection
+        self.lite = target.kind == "milvus-lite"
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        self._props: dict[str, str] = {}
+        self._index_type = ""
+        self._index_params: dict = {}
+        self._write_mutex = threading.Lock()  # one mutation at a time in this process; searches never take it
+        self._next_id = 1
+        self._reserved_end = 1  # ids in [_next_id, _reserved_end) are persisted as reserved
+        self._count = 0
+        self._unflushed = 0
+        self._closed = False
+
+    # -- opening -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        target: GalleryURI,
+        *,
+        model_id: str | None = None,
+        dim: int | None = None,
+        factory: str = "Flat",
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> MilvusGallery:
+        """Open the collection (created when model_id and dim are given and it does not exist)."""
+        if target.kind == "milvus-lite":
+            target.path.parent.mkdir(parents=True, exist_ok=True)
+            uri = str(target.path.resolve())
+        else:
+            uri = target.address
+        try:
+            client = MilvusClient(uri=uri, token=target.token or "")
+        except MilvusException as exc:
+            raise GalleryError(f"cannot reach Milvus at {target}: {exc.message}") from exc
+        gallery = cls(client, target, nprobe=nprobe, ef_search=ef_search)
+        try:
+            gallery._open_or_create(model_id, dim, factory)
+        except MilvusException as exc:
+            gallery._client.close()
+            raise GalleryError(f"Milvus refused {target}: {exc.message}") from exc
+        except BaseException:
+            gallery._client.close()
+            raise
+        return gallery
+
+    def _open_or_create(self, model_id: str | None, dim: int | None, factory: str) -> None:
+        if not self._client.has_collection(self.collection):
+            if model_id is None:
+                raise GalleryError(f"no gallery in {self.target} (collection {self.collection!r} is missing)")
+            self._create(model_id, dim, factory)
+        description = self._client.describe_collection(self.collection)
+        self._props = {k: v for k, v in (description.get("properties") or {}).items() if k.startswith(PROP)}
+        missing = [k for k in ("model_id", "dim", "metric", "factory", "next_id") if PROP + k not in self._props]
+        if missing:
+            raise GalleryError(f"collection {self.collection!r} in {self.target} is not a gallery (no {missing})")
+        vector = next((f for f in description["fields"] if f["name"] == "vector"), None)
+        if vector is None or int(vector["params"].get("dim", -1)) != self.dim:
+            raise GalleryError(f"collection {self.collection!r}: its vector field disagrees with reid.dim")
+        if self._props[PROP + "metric"] != METRIC:
+            raise GalleryError(f"collection {self.collection!r} uses metric {self._props[PROP + 'metric']}")
+        if model_id is not None:
+            self.check_compatible(model_id, dim)
+        self._index_type, self._index_params = milvus_index(self.factory, self.dim)
+        self._client.load_collection(self.collection)  # a reopened collection starts released
+        self._next_id = self._reserved_end = int(self._props[PROP + "next_id"])
+        self._count = self._count_rows()
+
+    def _create(self, model_id: str, dim: int, factory: str) -> None:
+        if not model_id or dim < 1:
+            raise ValueError("a gallery needs a model_id and a positive dim")
+        index_type, params = milvus_index(factory, dim)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        for name in TEXT_FIELDS:
+            size = MAX_SOURCE if name == "source" else MAX_HASH if name == "content_hash" else MAX_TEXT
+            schema.add_field(name, DataType.VARCHAR, max_length=size, nullable=True)
+        schema.add_field("captured_at", DataType.DOUBLE, nullable=True)
+        schema.add_field("added_at", DataType.DOUBLE)
+        schema.add_field("metadata", DataType.JSON)
+        index = self._client.prepare_index_params()
+        index.add_index("vector", index_type=index_type, metric_type="IP", params=params)
+        index.add_index("content_hash", index_type="INVERTED")  # add_new looks hashes up on every add
+        properties = {
+            PROP + "model_id": model_id,
+            PROP + "dim": str(dim),
+            PROP + "metric": METRIC,
+            PROP + "factory": factory,
+            PROP + "next_id": "1",
+            PROP + "format": FORMAT,
+            PROP + "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self._client.create_collection(
+            self.collection, schema=schema, index_params=index, consistency_level="Strong", properties=properties
+        )
+
+    def check_compatible(self, model_id: str, dim: int | None) -> None:
+        if model_id != self.model_id:
+            raise ModelMismatch(f"the gallery holds embeddings of model {self.model_id!r}, not {model_id!r}")
+        if dim is not None and dim != self.dim:
+            raise ModelMismatch(f"the gallery holds {self.dim}-d vectors, not {dim}-d")
+
+    # -- properties ----------------------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self._props[PROP + "model_id"]
+
+    @property
+    def dim(self) -> int:
+        return int(self._props[PROP + "dim"])
+
+    @property
+    def factory(self) -> str:
+        return self._props[PROP + "factory"]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __enter__(self) -> MilvusGallery:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- validation ----------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GalleryError("the gallery is closed")
+
+    def _check_model(self, model_id: str) -> None:
+        if model_id != self.model_id:
+            raise ModelMismatch(f"the gallery holds embeddings of model {self.model_id!r}, not {model_id!r}")
+
+    def _unit_vectors(self, x, what: str) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise InvalidVector(f"{what} must be a (n, {self.dim}) array, got shape {x.shape}")
+        if x.shape[1] != self.dim:
+            raise ModelMismatch(f"{what} have {x.shape[1]} dimensions; the gallery holds {self.dim}-d vectors")
+        if not np.isfinite(x).all():
+            raise InvalidVector(f"{what} contain NaN or inf")
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise InvalidVector(f"{what} contain a zero vector (no direction to compare)")
+        return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+    def _rows(self, ids: Sequence[int], xb: np.ndarray, records: Sequence[Record], keep_added_at: bool) -> list[dict]:
+        now = time()
+        rows = []
+        for i, x, r in zip(ids, xb, records, strict=True):
+            metadata = r.metadata or {}
+            if not isinstance(metadata, dict):
+                raise ValueError("Record.metadata must be a dict")
+            json.dumps(metadata)  # TypeError before anything is written, if not JSON
+            row = {"id": int(i), "vector": x.tolist(), "metadata": metadata}
+            for name in TEXT_FIELDS:
+                value = getattr(r, name)
+                if value is not None:
+                    value = str(value)
+                    limit = MAX_SOURCE if name == "source" else MAX_HASH if name == "content_hash" else MAX_TEXT
+                    try:
+                        size = len(value.encode("utf-8"))
+                    except UnicodeEncodeError:
+                        raise ValueError(f"Record.{name} is not valid Unicode text") from None
+                    if size > limit:
+                        raise ValueError(f"Record.{name} is longer than {limit} bytes")
+                row[name] = value
+            row["captured_at"] = None if r.captured_at is None else float(number_literal(r.captured_at, "captured_at"))
+            row["added_at"] = float(r.added_at) if keep_added_at and r.added_at is not None else now
+            rows.append(row)
+        return rows
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def _reserve(self, n: int) -> list[int]:
+        """n fresh ids; the block they come from is persisted first. Caller holds the write mutex."""
+        if self._next_id + n > self._reserved_end:
+            stored = int(self._read_props().get(PROP + "next_id", "1"))
+            start = max(self._next_id, stored)
+            end = start + max(n, ID_BLOCK)
+            self._client.alter_collection_properties(self.collection, properties={PROP + "next_id": str(end)})
+            self._next_id, self._reserved_end = start, end
+        ids = list(range(self._next_id, self._next_id + n))
+        self._next_id += n
+        return ids
+
+    def _read_props(self) -> dict[str, str]:
+        return dict(self._client.describe_collection(self.collection).get("properties") or {})
+
+    def _insert(self, rows: list[dict]) -> None:
+        for start in range(0, len(rows), 1000):
+            self._client.insert(self.collection, rows[start : start + 1000])
+        self._count += len(rows)
+        self._unflushed += len(rows)
+        if self.lite and self._unflushed >= LITE_FLUSH_ROWS:
+            self._client.flush(self.collection)
+            self._unflushed = 0
+
+    def add(self, xb, records: Sequence[Record], *, model_id: str) -> list[int]:
+        """Add vectors with their records; returns the new ids once Milvus has acknowledged them."""
+        with self._write_mutex:
+            return self._add_locked(xb, records, model_id)
+
+    def _add_locked(self, xb, records: Sequence[Record], model_id: str) -> list[int]:
+        self._check_open()
+        self._check_model(model_id)
+        xb = self._unit_vectors(xb, "vectors")
+        records = list(records)
+        if len(records) != len(xb):
+            raise ValueError(f"{len(xb)} vectors but {len(records)} records")
+        if not len(xb):
+            return []
+        rows = self._rows([0] * len(xb), xb, records, keep_added_at=False)  # validated before ids are spent
+        ids = self._reserve(len(rows))
+        for row, i in zip(rows, ids, strict=True):
+            row["id"] = i
+        self._insert(rows)
+        return ids
+
+    def add_new(self, xb, records: Sequence[Record], *, model_id: str) -> list[tuple[int, bool]]:
+        """As the embedded store: each content hash once; the check and the add under the write mutex."""
+        records = list(records)
+        if len(records) != len(xb):
+            raise ValueError(f"{len(xb)} vectors but {len(records)} records")
+        with self._write_mutex:
+            known = self.find_hashes([r.content_hash for r in records if r.content_hash])
+            first_of: dict[str, int] = {}
+            fresh = [
+                i
+                for i, r in enumerate(records)
+                if not r.content_hash or (r.content_hash not in known and first_of.setdefault(r.content_hash, i) == i)
+            ]
+            ids = self._add_locked(np.asarray(xb)[fresh], [records[i] for i in fresh], model_id) if fresh else []
+        added = dict(zip(fresh, ids, strict=True))
+        known.update({records[i].content_hash: gid for i, gid in added.items() if records[i].content_hash})
+        return [(added[i], True) if i in added else (known[r.content_hash], False) for i, r in enumerate(records)]
+
+    def import_items(self, ids: Sequence[int], xb, records: Sequence[Record], *, model_id: str) -> int:
+        """Add items under the ids they have in another gallery (reid gallery copy); ids must be new here."""
+        ids = [int(i) for i in ids]
+        if any(i < 1 for i in ids) or len(set(ids)) != len(ids):
+            raise ValueError("imported ids must be distinct positive integers")
+        with self._write_mutex:
+            self._check_open()
+            self._check_model(model_id)
+            xb = self._unit_vectors(xb, "vectors")
+            if not ids:
+                return 0
+            present = self.records(ids)
+            if present:
+                raise GalleryError(f"the gallery already holds ids {sorted(present)[:5]}")
+            rows = self._rows(ids, xb, list(records), keep_added_at=True)
+            top = max(ids) + 1
+            if top > int(self._read_props().get(PROP + "next_id", "1")):  # later adds continue after the copy
+                self._client.alter_collection_properties(self.collection, properties={PROP + "next_id": str(top)})
+            if top > self._next_id:
+                self._next_id = self._reserved_end = top
+            self._insert(rows)
+        return len(ids)
+
+    def remove(self, ids) -> int:
+        """Remove the ids that exist; returns how many were removed. Ids are never reused."""
+        self._check_open()
+        wanted = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).ravel() if i > 0})
+        with self._write_mutex:
+            present = sorted(self.records(wanted)) if wanted else []
+            for start in range(0, len(present), 1000):
+                self._client.delete(self.collection, ids=present[start : start + 1000])
+            self._count -= len(present)
+        return len(present)
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def _query(self, expr: str, fields: list[str], limit: int) -> list[dict]:
+        return self._client.query(self.collection, filter=expr, output_fields=fields, limit=limit)
+
+    def get(self, id: int) -> Record | None:
+        self._check_open()
+        return None if int(id) < 1 else self.records([int(id)]).get(int(id))
+
+    def records(self, ids: Sequence[int]) -> dict[int, Record]:
+        """Records of the ids that exist (removed ids are simply absent)."""
+        self._check_open()
+        out: dict[int, Record] = {}
+        wanted = sorted({int(i) for i in ids if int(i) > 0})
+        for start in range(0, len(wanted), 1000):
+            chunk = wanted[start : start + 1000]
+            for row in self._query(f"id in {_id_list(chunk)}", ["id", *RECORD_FIELDS], len(chunk)):
+                out[int(row["id"])] = _record(row, int(row["id"]))
+        return out
+
+    def find_hash(self, content_hash: str) -> int | None:
+        return self.find_hashes([content_hash]).get(content_hash)
+
+    def find_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        """The first id stored under each content hash the gallery holds."""
+        self._check_open()
+        found: dict[str, int] = {}
+        unique = list(dict.fromkeys(hashes))
+        for start in range(0, len(unique), 500):
+            chunk = frozenset(unique[start : start + 500])
+            rows = self._query(_in_list("content_hash", chunk), ["id", "content_hash"], QUERY_WINDOW)
+            for row in rows:
+                h, i = row["content_hash"], int(row["id"])
+                found[h] = min(i, found.get(h, i))
+        return found
+
+    def search(self, xq, k: int, filters: SearchFilter | None = None, *, model_id: str) -> list[list[Hit]]:
+        """Top-k hits per query, best first, with their records; fewer than k when the gallery runs out."""
+        self._check_open()
+        self._check_model(model_id)
+        xq = self._unit_vectors(xq, "queries")
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        expr = filter_expression(filters)
+        params = {"metric_type": "IP", "params": search_params(self._index_type, k, self.nprobe, self.ef_search)}
+        found = self._client.search(
+            self.collection,
+            data=[x.tolist() for x in xq],
+            limit=min(k, QUERY_WINDOW),
+            filter=expr,
+            output_fields=RECORD_FIELDS,
+            search_params=params,
+        )
+        results = []
+        for row in found:
+            hits = [Hit(int(h["id"]), float(h["distance"]), _record(h["entity"], int(h["id"]))) for h in row]
+            hits.sort(key=lambda h: (-h.score, h.id))
+            results.append(hits)
+        return results
+
+    def scan(self, after_id: int, limit: int) -> tuple[np.ndarray, np.ndarray, list[Record]]:
+        """Up to ``limit`` items with id > after_id, in id order: (ids, unit vectors, records)."""
+        self._check_open()
+        end = int(self._read_props().get(PROP + "next_id", "1"))  # every id ever assigned is below it
+        lo, window = int(after_id), max(1, min(limit, QUERY_WINDOW))
+        while lo < end:
+            # id windows rather than a limit: Milvus does not promise which rows a limited query returns
+            rows = self._query(f"id > {lo} and id <= {lo + window}", ["id", "vector", *RECORD_FIELDS], window)
+            if rows:
+                rows = sorted(rows, key=lambda r: int(r["id"]))[:limit]
+                ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
+                xb = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), self.dim)
+                return ids, xb, [_record(r, int(r["id"])) for r in rows]
+            lo, window = lo + window, min(window * 2, QUERY_WINDOW)
+        return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32), []
+
+    def calibration(self) -> dict | None:
+        """The verdict calibration stored with ``set_calibration`` (a JSON object), or None (read at open)."""
+        self._check_open()
+        text = self._props.get(PROP + "calibration")
+        return None if text is None else json.loads(text)
+
+    def set_calibration(self, calibration: dict) -> None:
+        """Store the verdict calibration (index.calibration) as a collection property."""
+        self._check_open()
+        text = json.dumps(calibration, sort_keys=True)
+        with self._write_mutex:
+            self._client.alter_collection_properties(self.collection, properties={PROP + "calibration": text})
+            self._props[PROP + "calibration"] = text
+
+    def _count_rows(self) -> int:
+        return int(self._client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def stats(self) -> dict:
+        self._check_open()
+        self._count = self._count_rows()
+        return {
+            "backend": self.backend,
+            "uri": str(self.target),
+            "collection": self.collection,
+            "lite": self.lite,
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "metric": METRIC,
+            "factory": self.factory,
+            "index_type": self._index_type,
+            "index_params": dict(self._index_params),
+            "serving": self._index_type,
+            "count": self._count,
+            "consistency": "Strong",
+            "nprobe": self.nprobe or DEFAULT_NPROBE,
+            "ef_search": self.ef_search or DEFAULT_EF_SEARCH,
+            "next_id": self._next_id,
+        }
+
+    # -- closing -------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush (Milvus Lite) and close the connection. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            if self.lite and self._unflushed:
+                with self._write_mutex:
+                    self._client.flush(self.collection)
+                    self._unflushed = 0
+        finally:
+            self._closed = True
+            self._client.close()
+
+
+def _record(row: dict, rid: int) -> Record:
+    metadata = row.get("metadata") or {}
+    if isinstance(metadata, str | bytes):
+        metadata = json.loads(metadata)
+    return Record(
+        person_id=row.get("person_id"),
+        camera_id=row.get("camera_id"),
+        captured_at=row.get("captured_at"),
+        track_id=row.get("track_id"),
+        source=row.get("source"),
+        content_hash=row.get("content_hash"),
+        metadata=metadata,
+        id=rid,
+        added_at=row.get("added_at"),
+    )
