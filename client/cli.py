@@ -32,6 +32,15 @@ def _print_search(result: SearchResult) -> None:
     verdict = result.verdict or "n/a (the model has no calibrated threshold)"
     threshold = f" (threshold {result.threshold:.3f})" if result.threshold is not None else ""
     print(f"verdict: {verdict}{threshold}   model: {result.model_id}")
+    if (c := result.calibration) is not None:
+        if c.far is not None:
+            print(
+                f"operating point: FAR {c.far:g} (target {result.target_far:g}), DIR {c.dir:.3f}, measured FAR "
+                f"{c.measured_far:.4f}, from the {c.source} ({c.method}, {c.gallery_identities} identities, "
+                f"{c.gallery_crops} crops)"
+            )
+        if c.note:
+            print(f"note: {c.note}")
     print(f"timings: decode {t.decode_ms:.1f} ms, embed {t.embed_ms:.1f} ms, search {t.search_ms:.1f} ms")
     print("\nidentities")
     print(f"  {'rank':>4}  {'person':<12} {'score':>7} {'hits':>5} {'best id':>8}")
@@ -131,6 +140,14 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    # Reads and writes the gallery itself (no server): index.calibrate runs as a child, as ingestion.bulk does.
+    command = [sys.executable, "-m", "index.calibrate", str(args.gallery), "--far", *map(str, args.far)]
+    command += ["--top-k", str(args.top_k)]
+    command += ["--dry-run"] * args.dry_run + ["--json"] * args.json
+    return subprocess.call(command)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.triton and args.artifact is None:
         print("reid serve --triton needs --artifact (its model repository is served)", file=sys.stderr)
@@ -191,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", help="camera id for files without a Market-1501 name")
     p.add_argument("--batch", type=int, default=16, help="images per request")
     p.set_defaults(run=cmd_index)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="measure the verdict's thresholds on the gallery's own people (leave one identity out) and store them "
+        "in the gallery; stop the server first",
+    )
+    p.add_argument("gallery", help="gallery folder, Milvus Lite .db file or milvus:// URI (REID_GALLERY_DIR)")
+    p.add_argument("--far", type=float, nargs="+", default=[0.01], help="identity-level false-alarm rates")
+    p.add_argument("--top-k", type=int, default=10, help="hits aggregated per search (the server's default)")
+    p.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_calibrate)
 
     p = sub.add_parser("serve", help="start the API (and, with --triton, a local Triton server)")
     p.add_argument("--artifact", type=Path, help="exported model folder (REID_ARTIFACT)")

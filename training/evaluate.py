@@ -2,7 +2,9 @@
 
 For each query, gallery images of the same person seen by the same camera are ignored (they are too
 easy), and queries with no remaining match are skipped, as torchreid and fast-reid do. Also: feature
-extraction with flip-TTA, k-reciprocal re-ranking, an ROC summary and the match threshold the server uses.
+extraction with flip-TTA, k-reciprocal re-ranking, an ROC summary, a pair-level threshold, and the open-set
+calibration of the server's verdict (index.calibration: identities split into enrolled and absent folds, scored
+with the server's identity aggregation; operating points at FAR 0.1, 0.01 and 0.001 and a DIR-vs-FAR curve).
 
 Two galleries (``PROTOCOLS``), both reported: "standard" keeps the distractors (person 0) as negatives, as the
 data sets' own evaluation code, torchreid and fast-reid do; "apnet" drops them, as the APNet authors' Market-1501
@@ -22,10 +24,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from index.calibration import FARS, calibration, dir_far_curve, split_scores
 from training.checkpoint import load_checkpoint, update_meta
 from training.data import ImageDataset, ReIDDataset, eval_transform, read_dataset
 
 PROTOCOLS = ("standard", "apnet")
+OPEN_SET_FOLDS = 5  # each fold of identities absent once: the gallery holds 4/5 of them, as a typical deployment
+OPEN_SET_SEED = 0
 
 
 def evaluate_rank(
@@ -188,6 +193,76 @@ class EvalResult:
     threshold: dict[str, float]  # {"score": cosine similarity, "fpr": target}
     protocol: str = "standard"  # the gallery of metrics, roc and threshold
     by_protocol: dict[str, dict[str, float]] = field(default_factory=dict)  # every protocol's metrics + "gallery" size
+    calibration: dict | None = None  # formats.spec.Calibration as JSON: the verdict's operating points (open set)
+    dir_far: dict[str, list[float]] | None = None  # the DIR-vs-FAR curve: "far", "dir", "threshold"
+
+
+def open_set(qf: np.ndarray, gf: np.ndarray, q_pids, g_pids, *, dataset: str = "") -> tuple[dict | None, dict | None]:
+    """(calibration, DIR-vs-FAR curve) of L2-normalised features, as the server scores them: person 0
+    (distractors) stays in the gallery without an identity. (None, None) with fewer than two identities."""
+    labels = [None if int(p) == 0 else str(int(p)) for p in np.asarray(g_pids)]
+    queries = [str(int(p)) for p in np.asarray(q_pids)]
+    identities = len({*queries, *(label for label in labels if label is not None)})
+    if identities < 2:
+        return None, None
+    folds = min(OPEN_SET_FOLDS, identities)
+    scores = split_scores(l2_normalize(qf), queries, l2_normalize(gf), labels, folds=folds, seed=OPEN_SET_SEED)
+    result = calibration(
+        scores, FARS, source="artifact", method="identity-split", dataset=dataset, seed=OPEN_SET_SEED
+    ).model_dump(mode="json")
+    far, dir_, threshold = dir_far_curve(scores)
+    return result, {"far": far.tolist(), "dir": dir_.tolist(), "threshold": threshold.tolist()}
+
+
+def dir_at(result: EvalResult, far: float) -> tuple[float, float] | None:
+    """(DIR, threshold) of the operating point calibrated for ``far``, if there is one."""
+    points = (result.calibration or {}).get("operating_points", [])
+    point = next((p for p in points if np.isclose(p["target_far"], far)), None)
+    return None if point is None else (point["dir"], point["threshold"])
+
+
+def format_open_set(result: EvalResult) -> str:
+    """Rank-1 and mAP beside the open-set DIR at FAR 1 % and 10 % (the verdict's trade-off)."""
+    cal = result.calibration
+    if cal is None:
+        return "open set: not measured"
+    parts = [f"rank1 {result.metrics['rank1']:.4f}", f"mAP {result.metrics['mAP']:.4f}"]
+    for far in (0.01, 0.1):
+        found = dir_at(result, far)
+        if found is not None:
+            parts.append(f"DIR@FAR{far:.0%} {found[0]:.4f} (threshold {found[1]:.4f})")
+    head = f"open set ({result.protocol}, {cal['gallery_identities']} identities enrolled per fold)"
+    return f"{head}  " + "  ".join(parts)
+
+
+def plot_dir_far(result: EvalResult, path: str | Path) -> Path:
+    """The DIR-vs-FAR curve as a PNG, with the calibrated operating points marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display here
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    curve, cal = result.dir_far or {}, result.calibration or {}
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    far = np.asarray(curve.get("far", []))
+    keep = far > 0  # a log axis has no room for FAR 0
+    ax.plot(far[keep], np.asarray(curve.get("dir", []))[keep], lw=1.5, label="DIR")
+    for p in cal.get("operating_points", []):
+        if p["far"] > 0:
+            ax.plot(p["far"], p["dir"], "o", color="C3")
+            ax.annotate(f"FAR {p['target_far']:g}: t={p['threshold']:.3f}", (p["far"], p["dir"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("false-alarm rate (absent-identity probes)")
+    ax.set_ylabel("detection and identification rate")
+    ax.set_ylim(0, 1)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"open set, {cal.get('gallery_identities', '?')} enrolled identities ({result.protocol})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def evaluate_features(
@@ -231,6 +306,7 @@ def evaluate_protocols(
     q_camids: np.ndarray,
     g_camids: np.ndarray,
     protocol: str = "standard",
+    dataset: str = "",
     **options,
 ) -> EvalResult:
     """``evaluate_features`` (``options``: metric, rerank, threshold_fpr) on the gallery of ``protocol``, with
@@ -248,7 +324,9 @@ def evaluate_protocols(
             results[name] = evaluate_features(qf, gf[keep], q_pids, g_pids[keep], q_camids, g_camids[keep], **options)
         galleries[name] = int(keep.sum())
     by_protocol = {name: r.metrics | {"gallery": galleries[name]} for name, r in results.items()}
-    return replace(results[protocol], protocol=protocol, by_protocol=by_protocol)
+    keep = protocol_gallery(g_pids, protocol)
+    cal, curve = open_set(qf, gf[keep], q_pids, g_pids[keep], dataset=dataset)
+    return replace(results[protocol], protocol=protocol, by_protocol=by_protocol, calibration=cal, dir_far=curve)
 
 
 def evaluate_model(
@@ -272,7 +350,17 @@ def evaluate_model(
     qf, q_pids, q_camids = extract_features(model, loader(data.query), device, flip)
     gf, g_pids, g_camids = extract_features(model, loader(data.gallery), device, flip)
     return evaluate_protocols(
-        qf, gf, q_pids, g_pids, q_camids, g_camids, protocol, metric=metric, rerank=rerank, threshold_fpr=threshold_fpr
+        qf,
+        gf,
+        q_pids,
+        g_pids,
+        q_camids,
+        g_camids,
+        protocol,
+        dataset=data.name,
+        metric=metric,
+        rerank=rerank,
+        threshold_fpr=threshold_fpr,
     )
 
 
@@ -309,7 +397,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--write-meta", action="store_true", help="store the metrics and threshold in meta.json")
+    parser.add_argument(
+        "--write-meta", action="store_true", help="store the metrics, threshold and calibration in meta.json"
+    )
+    parser.add_argument("--curve", help="DIR-vs-FAR curve PNG (default: CHECKPOINT/dir_far.png)")
     args = parser.parse_args(argv)
 
     model, meta = load_checkpoint(args.checkpoint, map_location=args.device)
@@ -332,6 +423,16 @@ def main(argv: list[str] | None = None) -> None:
     print(format_protocols(result))
     for target, row in result.roc.items():
         print(f"FPR {target}: TPR {row['tpr']:.4f} at cosine similarity >= {row['score']:.4f}")
+    print(format_open_set(result))
+    for p in (result.calibration or {}).get("operating_points", []):
+        caveat = "" if p["reliable"] else f" (only {p['absent_identities']} absent identities: a rough estimate)"
+        print(
+            f"FAR {p['target_far']:g}: DIR {p['dir']:.4f} at identity score >= {p['threshold']:.4f}, "
+            f"measured FAR {p['far']:.4f}{caveat}"
+        )
+    if result.dir_far is not None:
+        curve = plot_dir_far(result, args.curve or Path(args.checkpoint) / "dir_far.png")
+        print(f"DIR-vs-FAR curve: {curve}")
     if args.write_meta:
         update_meta(
             args.checkpoint,
@@ -339,8 +440,9 @@ def main(argv: list[str] | None = None) -> None:
             threshold=result.threshold,
             protocol=result.protocol,
             metrics_by_protocol=result.by_protocol,
+            calibration=result.calibration,
         )
-        print(f"metrics and threshold written to {Path(args.checkpoint) / 'meta.json'}")
+        print(f"metrics, threshold and calibration written to {Path(args.checkpoint) / 'meta.json'}")
 
 
 if __name__ == "__main__":
