@@ -339,8 +339,9 @@ def check_estimable(labels: Sequence, fars: Sequence[float]) -> None:
         hint = f" With {n}, FAR {best:.3g} or more can be estimated." if best is not None and best < 1 else ""
         raise TooFewIdentitiesError(
             f"the gallery has {n} labelled identities (person ids), too few to estimate the false-alarm rate: "
-            f"{wants} (each identity is one absent-person trial, and about 3 / FAR trials are needed to tell a "
-            f"rate of FAR from zero with 95 % confidence).{hint} Add labelled people or ask for a higher --far."
+            f"{wants} (each identity is one absent-person trial; with fewer than 3 / FAR trials even zero false "
+            f"alarms cannot show at 95 % confidence that the rate is at most FAR).{hint} Add labelled people or "
+            "ask for a higher --far."
         )
     if not (counts > 1).any():
         raise TooFewIdentitiesError(
