@@ -7,7 +7,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from formats.spec import SPEC_KEY, InputSpec, ModelSpec, NormalizationSpec, OutputSpec, Provenance, ThresholdSpec
+from formats.spec import (
+    SPEC_KEY,
+    Calibration,
+    InputSpec,
+    ModelSpec,
+    NormalizationSpec,
+    OutputSpec,
+    Provenance,
+    ThresholdSpec,
+)
 
 HASH_CHARS = 12
 
@@ -50,10 +59,11 @@ def build_spec(
     model_id = f"{architecture}-{tta}-{weights_hash(weights_path)[:HASH_CHARS]}"
     metrics = meta.get("metrics") or {}
     threshold = meta.get("threshold")
-    # The threshold was calibrated on the training evaluation's features; another flip-TTA setting moves
-    # every score, so it would not mean the same false-positive rate.
+    calibration = meta.get("calibration")  # the verdict's operating points (training/evaluate.py)
+    # The threshold and the calibration were measured on the training evaluation's features; another flip-TTA
+    # setting moves every score, so they would not mean the same false-positive or false-alarm rates.
     if (meta.get("train") or {}).get("flip_tta", flip_tta) != flip_tta:
-        threshold = None
+        threshold = calibration = None
     return ModelSpec(
         model_id=model_id,
         architecture=architecture,
@@ -63,6 +73,7 @@ def build_spec(
         flip_tta=flip_tta,
         max_batch_size=max_batch_size,
         threshold=None if threshold is None else ThresholdSpec(score=threshold["score"], fpr=threshold["fpr"]),
+        calibration=None if calibration is None else Calibration.model_validate(calibration),
         provenance=Provenance(
             dataset=meta.get("dataset") or "",
             rank1=metrics.get("rank1"),
