@@ -581,6 +581,10 @@ def wrap(net: Network, iface: Interface, pre: Preprocessing, dim: int, cfg: Impo
     tail = postprocess_graph(iface, dim, cfg.flip_tta, cfg.normalise, ir)
     model = compose.merge_models(head, body, io_map=[("pre_out", PREFIX + iface.input_name)])
     model = compose.merge_models(model, tail, io_map=[(PREFIX + iface.output_name, "post_in")], outputs=[OUTPUT_NAME])
+    # merge_models lists the (equal) opset of each part; tools such as ONNX Runtime's quantiser want one per domain.
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in sorted(opsets.items()))
     model.producer_name, model.producer_version = "apnet-reid export.import_model", "1"
     model.graph.name = "reid_imported"
     model.doc_string = f"Person re-identification embedder {spec.model_id} (imported {net.kind} network)"
