@@ -148,6 +148,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+def cmd_gallery_reembed(args: argparse.Namespace) -> int:
+    # The gallery work happens in ingestion.reembed, a child process: the client package never imports it.
+    command = [sys.executable, "-m", "ingestion.reembed", "--artifact", str(args.artifact), "--to", args.to]
+    for flag, value in (("--from", args.source), ("--crops", args.crops), ("--to-crops", args.to_crops)):
+        if value is not None:
+            command += [flag, str(value)]
+    if args.factory:
+        command += ["--factory", args.factory]
+    if args.summary_json is not None:
+        command += ["--summary-json", str(args.summary_json)]
+    if args.no_progress:
+        command.append("--no-progress")
+    return subprocess.call(command)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.triton and args.artifact is None:
         print("reid serve --triton needs --artifact (its model repository is served)", file=sys.stderr)
@@ -220,6 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_calibrate)
+
+    gallery = sub.add_parser("gallery", help="work on gallery folders or collections directly (no server)")
+    gallery_sub = gallery.add_subparsers(dest="gallery_command", required=True)
+    p = gallery_sub.add_parser(
+        "reembed", help="build a gallery for a new model from the kept crops of another (ingestion.reembed)"
+    )
+    p.add_argument("--artifact", type=Path, required=True, help="the new model's artifact folder")
+    p.add_argument("--to", required=True, help="destination gallery: folder, milvus://HOST:PORT/NAME or .db")
+    p.add_argument("--from", dest="source", help="source gallery (default: REID_GALLERY_URI / REID_GALLERY_DIR)")
+    p.add_argument("--crops", type=Path, help="the source's kept crops (default: REID_CROPS_DIR or <from>/crops)")
+    p.add_argument("--to-crops", type=Path, help="where the destination keeps crops (default: <to>/crops)")
+    p.add_argument("--factory", help="faiss index type of a new destination (default: the source's)")
+    p.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal)")
+    p.set_defaults(run=cmd_gallery_reembed)
 
     p = sub.add_parser("serve", help="start the API (and, with --triton, a local Triton server)")
     p.add_argument("--artifact", type=Path, help="exported model folder (REID_ARTIFACT)")
