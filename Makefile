@@ -68,7 +68,7 @@ triton: setup ## start a local Triton Inference Server hosting ARTIFACT
 	$(PY) -m embedders.local_triton --artifact $(ARTIFACT)
 
 serve: setup ## start the API on HOST:PORT with ARTIFACT and GALLERY_DIR (embedded ONNX Runtime)
-	REID_ARTIFACT=$(ARTIFACT) REID_GALLERY_DIR=$(GALLERY_DIR) $(VENV)/bin/uvicorn server.main:app --host $(HOST) --port $(PORT)
+	REID_ARTIFACT=$(ARTIFACT) REID_GALLERY_DIR=$(GALLERY_DIR) $(PY) -m server --host $(HOST) --port $(PORT)
 
 index: setup ## bulk-index the crops in GALLERY into GALLERY_DIR with ARTIFACT
 	$(PY) -m ingestion.bulk $(GALLERY) --gallery $(GALLERY_DIR) --artifact $(ARTIFACT)

@@ -5,19 +5,27 @@ Against a running server:
 Or let it start the server itself (a temporary gallery filled through the API unless --gallery holds one),
 for one backend or both in turn:
     python -m client.bench --artifact artifacts/demo --backend both --images data/synth/query --out bench
+With --stalled N, the same searches idle and then while N uploads stall mid-body (raw sockets that send a head
+with Content-Length and half the body, then nothing), and what the stalled uploads were answered (api_stall.json):
+    python -m client.bench --artifact artifacts/demo --images data/synth/query --concurrency 1 --stalled 32
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import platform
+import select
+import socket
 import tempfile
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -34,8 +42,11 @@ def load_images(folder: Path, limit: int) -> list[bytes]:
     return [p.read_bytes() for p in paths]
 
 
-async def measure(url: str, api_key: str | None, images: list[bytes], concurrency: int, requests: int) -> dict:
-    """``requests`` searches spread over ``concurrency`` workers; latency of each, wall time of all."""
+async def measure(
+    url: str, api_key: str | None, images: list[bytes], concurrency: int, requests: int, warmup: bool = True
+) -> dict:
+    """``requests`` searches spread over ``concurrency`` workers; latency of each, wall time of all. The warm-up
+    searches (``warmup``) must succeed; the measured ones are counted by status."""
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     next_index = 0
@@ -55,7 +66,7 @@ async def measure(url: str, api_key: str | None, images: list[bytes], concurrenc
                 except ReIDError as exc:
                     statuses[str(exc.status or exc.code)] += 1
 
-        for _ in range(min(concurrency * 2, 10)):  # warm-up: connections, sessions, caches
+        for _ in range(min(concurrency * 2, 10) if warmup else 0):  # warm-up: connections, sessions, caches
             await reid.search(images[0], top_k=10)
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -99,6 +110,84 @@ def run_all(url: str, args: argparse.Namespace, images: list[bytes], label: str)
     return results
 
 
+def stall_upload(url: str, api_key: str | None, image: bytes) -> socket.socket:
+    """A search upload that sends its head and half its body, then stalls (the socket stays open)."""
+    boundary = uuid.uuid4().hex
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n\r\n'.encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    parts = urlsplit(url)
+    headers = [
+        f"POST {parts.path.rstrip('/')}/v1/search HTTP/1.1",
+        f"Host: {parts.netloc}",
+        f"Content-Type: multipart/form-data; boundary={boundary}",
+        f"Content-Length: {len(body)}",
+    ]
+    if api_key:
+        headers.append(f"X-API-Key: {api_key}")
+    sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
+    sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode() + body[: len(body) // 2])
+    return sock
+
+
+def answered(sock: socket.socket) -> bool:
+    """Whether the server has answered (or closed) a stalled upload yet, without waiting."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def stalled_outcome(sock: socket.socket, wait_s: float) -> str:
+    """The status a stalled upload was answered with within wait_s, or what happened instead."""
+    sock.settimeout(max(wait_s, 0.01))
+    response = http.client.HTTPResponse(sock)
+    try:
+        response.begin()
+        return str(response.status)
+    except TimeoutError:
+        return "no answer"
+    except (http.client.RemoteDisconnected, ConnectionError):
+        return "closed without answer"
+    finally:
+        response.close()
+        sock.close()
+
+
+def run_stalled(url: str, args: argparse.Namespace, images: list[bytes], label: str) -> list[dict]:
+    """Search latency idle, then with ``args.stalled`` uploads stalled mid-body; how the stalls were answered."""
+    rows = []
+    for concurrency in args.concurrency:
+        idle = asyncio.run(measure(url, args.api_key, images, concurrency, args.requests))
+        stalls = [stall_upload(url, args.api_key, images[i % len(images)]) for i in range(args.stalled)]
+        time.sleep(0.5)  # let the server take in every stalled head before the searches start
+        stalled = asyncio.run(measure(url, args.api_key, images, concurrency, args.requests, warmup=False))
+        still_stalled = sum(not answered(s) for s in stalls)  # the searches ran while these were open
+        deadline = time.monotonic() + args.stall_wait
+        outcomes = Counter(stalled_outcome(s, deadline - time.monotonic()) for s in stalls)
+        ratio = None
+        if idle["p50_ms"] and stalled["p50_ms"]:
+            ratio = round(stalled["p50_ms"] / idle["p50_ms"], 2)
+        row = {
+            "backend": label,
+            "concurrency": concurrency,
+            "stalled_uploads": args.stalled,
+            "idle": idle,
+            "stalled": stalled,
+            "stalled_still_open_after_searches": still_stalled,
+            "stalled_upload_outcomes": dict(outcomes),
+            "p50_ratio": ratio,
+            "all_ok_within_2x": stalled["ok"] == stalled["requests"] and ratio is not None and ratio <= 2.0,
+        }
+        rows.append(row)
+        print(
+            f"{label:<8} c={concurrency:<3} idle p50 {idle['p50_ms']} ms {idle['statuses']}  with {args.stalled} "
+            f"stalled uploads: p50 {stalled['p50_ms']} ms {stalled['statuses']} (x{ratio}); stalled uploads "
+            f"{dict(outcomes)}, {still_stalled} still open when the searches ended",
+            flush=True,
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running server; without it the benchmark starts its own")
@@ -113,15 +202,24 @@ def main(argv: list[str] | None = None) -> int:
         "--fill", type=Path, default=Path("data/synth/bounding_box_test"), help="crops for an empty gallery"
     )
     parser.add_argument("--fill-limit", type=int, default=500)
-    parser.add_argument("--out", type=Path, help="write results to OUT/api_latency.json")
+    parser.add_argument(
+        "--out", type=Path, help="write results to OUT/api_latency.json (api_stall.json with --stalled)"
+    )
+    parser.add_argument(
+        "--stalled", type=int, default=0, help="measure idle, then with this many uploads stalled mid-body"
+    )
+    parser.add_argument(
+        "--stall-wait", type=float, default=40.0, help="seconds to wait for the stalled uploads' answers afterwards"
+    )
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     images = load_images(args.images, 256)
 
     results: list[dict] = []
     meta = {"images": str(args.images), "host": platform.node(), "cpus": os.cpu_count(), "load": os.getloadavg()}
+    run = run_stalled if args.stalled else run_all
     if args.url:
-        results += run_all(args.url, args, images, "server")
+        results += run(args.url, args, images, "server")
     else:
         if args.artifact is None:
             parser.error("give --url of a running server, or --artifact to start one")
@@ -140,11 +238,12 @@ def main(argv: list[str] | None = None) -> int:
                     wait_ready_s=300,
                 ):
                     meta[f"gallery_size_{backend}"] = fill_gallery(url, args.api_key, args.fill, args.fill_limit)
-                    results += run_all(url, args, images, backend)
+                    results += run(url, args, images, backend)
         meta["artifact"] = str(args.artifact)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "api_latency.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        name = "api_stall.json" if args.stalled else "api_latency.json"
+        (args.out / name).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     return 0
 
 

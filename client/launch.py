@@ -60,8 +60,9 @@ def serve(
     extra_env: dict[str, str] | None = None,
     wait_ready_s: float | None = None,
 ) -> Iterator[subprocess.Popen]:
-    """Run uvicorn server.main:app (after a local Triton on triton_port..+2 when ``triton``); yields uvicorn's
-    process. With wait_ready_s, returns only once /readyz answers 200."""
+    """Run the API as ``python -m server`` (uvicorn with the deadlines and connection limits of the REID_* settings,
+    after a local Triton on triton_port..+2 when ``triton``); yields the API's process. With wait_ready_s, returns
+    only once /readyz answers 200."""
     env = {**os.environ, **(extra_env or {})}
     if artifact is not None:
         env["REID_ARTIFACT"] = str(artifact)
@@ -82,8 +83,7 @@ def serve(
         else:
             env["REID_BACKEND"] = "onnx"
             env.pop("REID_TRITON_URL", None)
-        command = [sys.executable, "-m", "uvicorn", "server.main:app", "--host", host, "--port", str(port)]
-        command += ["--log-level", "warning"]
+        command = [sys.executable, "-m", "server", "--host", host, "--port", str(port), "--log-level", "warning"]
         children.append(subprocess.Popen(command, env=env))
         if wait_ready_s is not None:
             wait_http(f"http://{host}:{port}/readyz", children[-1], "the API server", wait_ready_s)

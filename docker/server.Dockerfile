@@ -20,4 +20,5 @@ USER reid
 ENV REID_GALLERY_DIR=/data/gallery
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"
-CMD ["uvicorn", "server.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1"]
+# One process (the embedded gallery has one writer); uvicorn with the deadlines and limits of the REID_* settings.
+CMD ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8000"]

@@ -38,7 +38,7 @@ $PY -m ingestion.bulk "$DATA/bounding_box_test" --gallery "$GALLERY_DIR" --artif
 
 step "5/5 serve on 127.0.0.1:$PORT and search with a query crop"
 REID_ARTIFACT="$ARTIFACT" REID_GALLERY_DIR="$GALLERY_DIR" \
-  .venv/bin/uvicorn server.main:app --host 127.0.0.1 --port "$PORT" --log-level warning &
+  $PY -m server --host 127.0.0.1 --port "$PORT" --log-level warning &
 server=$!
 stop_server() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
 trap stop_server EXIT

@@ -37,9 +37,10 @@ def test_dockerfiles_copy_paths_that_exist():
 
 
 def test_server_image_starts_the_app_the_makefile_serves():
+    # Both through `python -m server`, the one launcher that applies the deadlines and connection limits.
     text = (DOCKER / "server.Dockerfile").read_text()
-    assert '"server.main:app"' in text
-    assert "server.main:app" in (ROOT / "Makefile").read_text()
+    assert '"python", "-m", "server"' in text
+    assert "$(PY) -m server --host" in (ROOT / "Makefile").read_text()
 
 
 def test_compose_fronts_the_api_with_the_buffering_nginx_of_the_kubernetes_manifests():

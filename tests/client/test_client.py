@@ -238,7 +238,7 @@ def test_bench_measures_a_running_server(server_url, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_reid_serve_starts_the_api_from_the_environment(tiny_artifact, tmp_path):
-    """`reid serve` runs `uvicorn server.main:app` with REID_* settings, as `make serve` does."""
+    """`reid serve` runs `python -m server` with REID_* settings, as `make serve` does."""
     from client.launch import free_port, serve
 
     port = free_port()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import select
 import socket
 import threading
@@ -22,11 +23,15 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+import yaml
 
+from server.settings import Settings
+from tests.deploy.nginxconf import NGINX_CONF, nginx_directives
 from tests.support import FakeEmbedder, LiveServer, gallery_settings, person_crops
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
 
+ROOT = NGINX_CONF.parents[3]
 CROPS = person_crops(4, seed=7)
 BOUNDARY = "reid-slow-client-test"
 WAIT_S = 60  # how long a poll for a server-side outcome may take on a busy machine before the test gives up
@@ -235,3 +240,17 @@ def test_connections_per_client_address_are_bounded(tmp_path):
         wait_until(lambda: live.open_work()[0] == 0, "the server closed the held connections")
         with httpx.Client(base_url=live.url, timeout=WAIT_S) as client:
             assert client.get("/healthz").status_code == 200
+
+
+def test_deployments_behind_nginx_leave_the_per_client_limit_to_it_and_keep_alive_in_order():
+    """Behind the nginx front every client shares nginx's address, so the API's per-client connection limit is off
+    there and nginx's limit_conn applies; nginx drops idle upstream connections before the API would."""
+    conf = NGINX_CONF.read_text()
+    assert nginx_directives(conf)["limit_conn"], "nginx limits connections per client address"
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yml").read_text())["services"]["api"]["environment"]
+    assert compose["REID_MAX_CONNECTIONS_PER_CLIENT"] == "0"
+    api_env = (ROOT / "deploy" / "k8s" / "base" / "api.env").read_text().splitlines()
+    assert "REID_MAX_CONNECTIONS_PER_CLIENT=0" in api_env
+    upstream = re.search(r"upstream\s+\S+\s*\{(.*?)\}", conf, flags=re.S).group(1)
+    idle = nginx_directives(upstream)["keepalive_timeout"][0]
+    assert idle.endswith("s") and float(idle[:-1]) < Settings().keep_alive_s
