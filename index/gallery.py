@@ -231,6 +231,7 @@ class Gallery:
                 self._load_snapshot(conn)
             except SnapshotError as exc:
                 self._recovered.append(f"{exc}; rebuilt from the log")
+                self._store.verify_records(conn)  # what the rebuild serves must be this gallery's rows
                 self._rebuild(conn)
         if not self.readonly:
             if self._recovered or self._dirty or not (self.path / MANIFEST).exists():
@@ -730,6 +731,8 @@ class Gallery:
 
 def _items_without_log(path: Path) -> str | None:
     """What in a folder without its log shows that the gallery held items, or None (never held any)."""
+    if not path.is_dir():
+        return None
     if (path / f"{DB}-wal").is_file() and (path / f"{DB}-wal").stat().st_size:
         return f"{DB}-wal is still there"
     if (path / TRAINED).exists():

@@ -65,23 +65,31 @@ SQL_VARS = 900  # below SQLite's default limit on host parameters per statement
 FETCH_ROWS = 4096
 
 
-def record_crc(rid: int, person, camera, captured, track, source, chash, meta_text: str, added) -> int:
-    """crc32 of a record as stored (its id included, so a row cannot move to another id unnoticed)."""
-    fields = [rid, person, camera, captured, track, source, chash, meta_text, added]
+def record_crc(gallery_id: str, rid: int, person, camera, captured, track, source, chash, meta_text, added) -> int:
+    """crc32 of a record as stored, with its id (a row cannot move to another id unnoticed) and its gallery's id
+    (nor be a page of another gallery's log, say from a foreign -wal file, that SQLite took for this one's)."""
+    fields = [gallery_id, rid, person, camera, captured, track, source, chash, meta_text, added]
     return zlib.crc32(json.dumps(fields, allow_nan=True).encode())
 
 
-def _row_to_record(row, path: Path | None = None) -> Record:
-    """A Record from a stored row; CorruptGallery if the row fails its crc32, anything else is served safely."""
+def _check_row(row, gallery_id: str, path: Path | None) -> None:
+    """CorruptGallery if a row with a record crc32 fails it (rows older versions wrote have none)."""
     rid, person, camera, captured, track, source, chash, meta, added, crc = row
-    if crc is not None:
-        try:
-            meta_text = meta.decode("utf-8")
-            ok = record_crc(rid, person, camera, captured, track, source, chash, meta_text, added) == crc
-        except (AttributeError, UnicodeDecodeError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise CorruptGallery(f"gallery database {path}: the record of id {rid} is corrupt (crc32)")
+    if crc is None:
+        return
+    try:
+        meta_text = meta.decode("utf-8")
+        ok = record_crc(gallery_id, rid, person, camera, captured, track, source, chash, meta_text, added) == crc
+    except (AttributeError, UnicodeDecodeError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CorruptGallery(f"gallery database {path}: the record of id {rid} is corrupt (crc32)")
+
+
+def _row_to_record(row, gallery_id: str = "", path: Path | None = None) -> Record:
+    """A Record from a stored row; CorruptGallery if the row fails its crc32, anything else is served safely."""
+    _check_row(row, gallery_id, path)
+    rid, person, camera, captured, track, source, chash, meta, added, _ = row
     problems = []
     texts = [
         _served_text(v, name, problems)
@@ -161,6 +169,7 @@ class Store:
         self._connections_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         self._record_select: str | None = None  # the record columns of this log (older logs lack record_crc)
+        self.gallery_id = ""  # from meta (check, initialise, set_setting): part of every record's crc32
 
     # -- connections ---------------------------------------------------------------------------------------
 
@@ -213,6 +222,7 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", settings.items())
         conn.execute("COMMIT")
+        self.gallery_id = settings.get(GALLERY_ID, "")
 
     def upgrade(self) -> None:
         """Add the columns later versions added (writable opens): older rows keep NULL there."""
@@ -237,6 +247,8 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
         conn.execute("COMMIT")
+        if key == GALLERY_ID:
+            self.gallery_id = value
 
     def check(self) -> dict[str, str]:
         """Integrity check (pages and structure) and the settings; CorruptGallery if either fails."""
@@ -245,9 +257,27 @@ class Store:
             rows = conn.execute("PRAGMA quick_check").fetchall()
             if rows != [("ok",)]:
                 raise CorruptGallery(f"gallery database {self.path} failed its integrity check: {rows[:3]}")
-            return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            settings = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            # Every column the gallery reads must be there: a damaged schema fails here, not in a search.
+            self._record_select = None
+            conn.execute(f"SELECT {self._records_sql(conn)}, vector, vector_crc FROM items LIMIT 0").fetchall()
+            conn.execute("SELECT seq, id FROM removals LIMIT 0").fetchall()
+            conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchall()
         except sqlite3.DatabaseError as exc:
             raise CorruptGallery(f"gallery database {self.path} is corrupt: {exc}") from exc
+        self.gallery_id = settings.get(GALLERY_ID, "")
+        return settings
+
+    def verify_records(self, conn: sqlite3.Connection) -> int:
+        """Check every record's crc32 (CorruptGallery on the first that fails); returns the rows checked. Run
+        before the index is rebuilt from the log: a rebuild must not serve rows that are not this gallery's."""
+        checked = 0
+        cursor = conn.execute(f"SELECT {self._records_sql(conn)} FROM items")
+        while rows := cursor.fetchmany(FETCH_ROWS):
+            for row in rows:
+                _check_row(row, self.gallery_id, self.path)
+            checked += len(rows)
+        return checked
 
     # -- writes (caller holds the gallery's write mutex) -------------------------------------------------------
 
@@ -304,7 +334,7 @@ class Store:
                         stamp,
                         blob,
                         zlib.crc32(blob),
-                        record_crc(rid, person, camera, captured, track, source, chash, meta, stamp),
+                        record_crc(self.gallery_id, rid, person, camera, captured, track, source, chash, meta, stamp),
                     )
                     for rid, (person, camera, captured, track, source, chash, meta, blob), stamp in zip(
                         ids, rows, stamps, strict=True
@@ -360,8 +390,17 @@ class Store:
 
     def get(self, rid: int) -> Record | None:
         conn = self.reader()
-        row = conn.execute(f"SELECT {self._records_sql(conn)} FROM items WHERE id = ?", (rid,)).fetchone()
-        return None if row is None else _row_to_record(row, self.path)
+        with self._damage_refused():
+            row = conn.execute(f"SELECT {self._records_sql(conn)} FROM items WHERE id = ?", (rid,)).fetchone()
+        return None if row is None else _row_to_record(row, self.gallery_id, self.path)
+
+    @contextmanager
+    def _damage_refused(self) -> Iterator[None]:
+        """SQLite's own errors on a read (pages damaged past what quick_check looks at) as CorruptGallery."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise CorruptGallery(f"gallery database {self.path} is corrupt: {exc}") from exc
 
     def records(self, ids: Sequence[int], conn: sqlite3.Connection | None = None) -> dict[int, Record]:
         """Records of the ids that exist (removed ids are simply absent)."""
@@ -369,8 +408,11 @@ class Store:
         conn = conn or self.reader()
         for chunk in _chunks(list(ids), SQL_VARS):
             marks = ",".join("?" * len(chunk))
-            for row in conn.execute(f"SELECT {self._records_sql(conn)} FROM items WHERE id IN ({marks})", chunk):
-                out[row[0]] = _row_to_record(row, self.path)
+            with self._damage_refused():
+                rows = conn.execute(f"SELECT {self._records_sql(conn)} FROM items WHERE id IN ({marks})", chunk)
+                rows = rows.fetchall()
+            for row in rows:
+                out[row[0]] = _row_to_record(row, self.gallery_id, self.path)
         return out
 
     def find_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
