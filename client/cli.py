@@ -106,6 +106,12 @@ def _person_and_camera(path: Path, person: str | None, camera: str | None) -> tu
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    if args.ray is not None and args.gallery is None:
+        print(
+            "reid index --ray needs --gallery (Ray writes straight into a gallery, not through the API)",
+            file=sys.stderr,
+        )
+        return 2
     if args.gallery is not None:
         # Straight into a gallery folder (no server): the same code path as `make index`.
         if args.artifact is None:
@@ -113,6 +119,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             return 2
         command = [sys.executable, "-m", "ingestion.bulk", str(args.folder), "--gallery", str(args.gallery)]
         command += ["--artifact", str(args.artifact)]
+        if args.ray is not None:
+            command += ["--ray", args.ray]
         return subprocess.call(command)
     added = duplicates = skipped = 0
     batch: list[tuple[Path, str, str | None]] = []
@@ -140,14 +148,6 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    # Reads and writes the gallery itself (no server): index.calibrate runs as a child, as ingestion.bulk does.
-    command = [sys.executable, "-m", "index.calibrate", str(args.gallery), "--far", *map(str, args.far)]
-    command += ["--top-k", str(args.top_k)]
-    command += ["--dry-run"] * args.dry_run + ["--json"] * args.json
-    return subprocess.call(command)
-
-
 def cmd_gallery_reembed(args: argparse.Namespace) -> int:
     # The gallery work happens in ingestion.reembed, a child process: the client package never imports it.
     command = [sys.executable, "-m", "ingestion.reembed", "--artifact", str(args.artifact), "--to", args.to]
@@ -160,6 +160,14 @@ def cmd_gallery_reembed(args: argparse.Namespace) -> int:
         command += ["--summary-json", str(args.summary_json)]
     if args.no_progress:
         command.append("--no-progress")
+    return subprocess.call(command)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    # Reads and writes the gallery itself (no server): index.calibrate runs as a child, as ingestion.bulk does.
+    command = [sys.executable, "-m", "index.calibrate", str(args.gallery), "--far", *map(str, args.far)]
+    command += ["--top-k", str(args.top_k)]
+    command += ["--dry-run"] * args.dry_run + ["--json"] * args.json
     return subprocess.call(command)
 
 
@@ -219,22 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--gallery", type=Path, help="write straight into this gallery folder (no server) via ingestion.bulk"
     )
     p.add_argument("--artifact", type=Path, help="model artifact for --gallery")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="with --gallery: read, decode and embed on Ray (a local Ray, or 'auto' / ray://HOST:10001)",
+    )
     p.add_argument("--person", help="person id for files without a Market-1501 name")
     p.add_argument("--camera", help="camera id for files without a Market-1501 name")
     p.add_argument("--batch", type=int, default=16, help="images per request")
     p.set_defaults(run=cmd_index)
-
-    p = sub.add_parser(
-        "calibrate",
-        help="measure the verdict's thresholds on the gallery's own people (leave one identity out) and store them "
-        "in the gallery; stop the server first",
-    )
-    p.add_argument("gallery", help="gallery folder, Milvus Lite .db file or milvus:// URI (REID_GALLERY_DIR)")
-    p.add_argument("--far", type=float, nargs="+", default=[0.01], help="identity-level false-alarm rates")
-    p.add_argument("--top-k", type=int, default=10, help="hits aggregated per search (the server's default)")
-    p.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=cmd_calibrate)
 
     gallery = sub.add_parser("gallery", help="work on gallery folders or collections directly (no server)")
     gallery_sub = gallery.add_subparsers(dest="gallery_command", required=True)
@@ -250,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal)")
     p.set_defaults(run=cmd_gallery_reembed)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="measure the verdict's thresholds on the gallery's own people (leave one identity out) and store them "
+        "in the gallery; stop the server first",
+    )
+    p.add_argument("gallery", help="gallery folder, Milvus Lite .db file or milvus:// URI (REID_GALLERY_DIR)")
+    p.add_argument("--far", type=float, nargs="+", default=[0.01], help="identity-level false-alarm rates")
+    p.add_argument("--top-k", type=int, default=10, help="hits aggregated per search (the server's default)")
+    p.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_calibrate)
 
     p = sub.add_parser("serve", help="start the API (and, with --triton, a local Triton server)")
     p.add_argument("--artifact", type=Path, help="exported model folder (REID_ARTIFACT)")

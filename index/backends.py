@@ -20,6 +20,7 @@ from index.errors import GalleryError
 from index.protocol import Gallery
 
 DEFAULT_COLLECTION = "gallery"  # the collection of a Milvus Lite file
+EMBEDDED_ONLY = frozenset({"threads", "gpu", "snapshot_every", "allow_missing_log"})  # ignored by Milvus
 COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # Milvus' rule for collection names
 
 
@@ -85,7 +86,8 @@ def open_gallery(
     """The gallery at ``uri``: created with ``factory`` when model_id and dim are given and it does not exist yet,
     refused with ModelMismatch when it holds another model or dim. Without model_id and dim it must exist.
 
-    Options: nprobe and ef_search (both backends); threads, gpu and snapshot_every (embedded store).
+    Options: nprobe and ef_search (both backends); threads, gpu, snapshot_every and allow_missing_log (the
+    embedded store's; a Milvus gallery ignores them).
     """
     target = uri if isinstance(uri, GalleryURI) else parse_uri(uri, collection=collection)
     if (model_id is None) != (dim is None):
@@ -94,6 +96,7 @@ def open_gallery(
         from index.gallery import Gallery as EmbeddedGallery
 
         if model_id is None or readonly:
+            options.pop("allow_missing_log", None)  # only creating a gallery can start an empty log
             gallery = EmbeddedGallery.open(target.path, readonly=readonly, **options)
             if model_id is not None:
                 try:
@@ -103,9 +106,9 @@ def open_gallery(
                     raise
             return gallery
         return EmbeddedGallery.open_or_create(target.path, model_id=model_id, dim=dim, factory=factory, **options)
-    unknown = set(options) - {"nprobe", "ef_search", "threads", "gpu"}
+    unknown = set(options) - {"nprobe", "ef_search"} - EMBEDDED_ONLY
     if unknown:
-        raise TypeError(f"options {sorted(unknown)} apply to the embedded store only")
+        raise TypeError(f"unknown gallery options {sorted(unknown)}")
     try:
         from index.milvus import MilvusGallery
     except ImportError as exc:  # pymilvus is in the server extra, Milvus Lite in the milvus extra

@@ -503,17 +503,18 @@ class MilvusGallery:
         """Up to ``limit`` items with id > after_id, in id order: (ids, unit vectors, records)."""
         self._check_open()
         end = int(self._read_props().get(PROP + "next_id", "1"))  # every id ever assigned is below it
-        lo, window = int(after_id), max(1, min(limit, QUERY_WINDOW))
-        while lo < end:
+        lo, window, rows = int(after_id), max(1, min(limit, QUERY_WINDOW)), []
+        while lo < end and len(rows) < limit:
             # id windows rather than a limit: Milvus does not promise which rows a limited query returns
-            rows = self._query(f"id > {lo} and id <= {lo + window}", ["id", "vector", *RECORD_FIELDS], window)
-            if rows:
-                rows = sorted(rows, key=lambda r: int(r["id"]))[:limit]
-                ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
-                xb = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), self.dim)
-                return ids, xb, [_record(r, int(r["id"])) for r in rows]
-            lo, window = lo + window, min(window * 2, QUERY_WINDOW)
-        return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32), []
+            found = self._query(f"id > {lo} and id <= {lo + window}", ["id", "vector", *RECORD_FIELDS], window)
+            rows += sorted(found, key=lambda r: int(r["id"]))
+            lo += window
+            if not found:  # a gap (ids reserved and never used, or removed): widen
+                window = min(window * 2, QUERY_WINDOW)
+        rows = rows[:limit]
+        ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
+        xb = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), self.dim)
+        return ids, xb, [_record(r, int(r["id"])) for r in rows]
 
     def calibration(self) -> dict | None:
         """The verdict calibration stored with ``set_calibration`` (a JSON object), or None (read at open)."""

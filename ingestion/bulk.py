@@ -3,6 +3,7 @@
     python -m ingestion.bulk FOLDER --gallery DIR --artifact DIR            # ONNX Runtime in-process
     python -m ingestion.bulk FOLDER --gallery DIR --backend triton --triton-url HOST:8001 --model-name NAME
     python -m ingestion.bulk LIST.csv --gallery DIR --artifact DIR          # path,person_id,camera_id[,captured_at,track_id]
+    python -m ingestion.bulk FOLDER --gallery DIR --artifact DIR --ray [ADDRESS]   # on Ray Data (ingestion.ray_bulk)
 
 Labels come from Market-1501 names (0002_c1s1_000451_03.jpg: person 0002, camera 1), DukeMTMC-reID names
 (0005_c2_f0046985.jpg), or else the folder a file is in (FOLDER/<person_id>/*.jpg; camera from "_c<N>" in
@@ -197,13 +198,32 @@ class _Prepared:
     skip: str | None = None
 
 
-def _prepare(root: Path, item: Item, height: int, width: int) -> _Prepared:
+def read_or_skip(root: Path, rel: str) -> tuple[bytes | None, str | None]:
+    """The bytes of root/rel, or None and the reason the file is skipped."""
     try:
-        data = read_inside(root, item.rel)
+        return read_inside(root, rel), None
     except PermissionError as exc:
-        return _Prepared(item, skip=str(exc))
+        return None, str(exc)
     except OSError as exc:
-        return _Prepared(item, skip=f"unreadable: {exc.strerror or exc}")
+        return None, f"unreadable: {exc.strerror or exc}"
+
+
+def record_of(item: Item, content_hash: str) -> Record:
+    return Record(
+        person_id=item.person_id,
+        camera_id=item.camera_id,
+        captured_at=item.captured_at,
+        track_id=item.track_id,
+        source=item.rel,
+        content_hash=content_hash,
+        metadata=item.metadata,
+    )
+
+
+def _prepare(root: Path, item: Item, height: int, width: int) -> _Prepared:
+    data, skip = read_or_skip(root, item.rel)
+    if data is None:
+        return _Prepared(item, skip=skip)
     content_hash = hashlib.sha256(data).hexdigest()
     try:
         pixels = resize(decode_image(data), height, width)
@@ -263,18 +283,7 @@ async def index_items(
                     fresh.append(p)
             if fresh:
                 xb = await embedder.embed(np.stack([p.pixels for p in fresh]))
-                records = [
-                    Record(
-                        person_id=p.item.person_id,
-                        camera_id=p.item.camera_id,
-                        captured_at=p.item.captured_at,
-                        track_id=p.item.track_id,
-                        source=p.item.rel,
-                        content_hash=p.content_hash,
-                        metadata=p.item.metadata,
-                    )
-                    for p in fresh
-                ]
+                records = [record_of(p.item, p.content_hash) for p in fresh]
                 stored = await asyncio.to_thread(gallery.add_new, xb, records, model_id=spec.model_id)
                 added = sum(was_added for _, was_added in stored)
                 summary.indexed += added
@@ -283,6 +292,16 @@ async def index_items(
             bar.set_postfix(indexed=summary.indexed, dup=summary.duplicates, skip=len(summary.skipped))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def find_items(folder: str | os.PathLike, layout: Layout = "auto") -> tuple[Path, list[Item], list[tuple[str, str]]]:
+    """The root that item paths are relative to, the items of a folder or CSV manifest, and what was skipped."""
+    source = Path(folder)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        return source.parent, *read_manifest(source)
+    if source.is_dir():
+        return source, *walk_folder(source, layout)
+    raise FileNotFoundError(f"{source} is neither a folder nor a .csv manifest")
 
 
 async def index_folder(
@@ -299,15 +318,7 @@ async def index_folder(
 
     Idempotent and resumable: files whose content hash the gallery holds are counted as duplicates.
     """
-    source = Path(folder)
-    if source.is_file() and source.suffix.lower() == ".csv":
-        root = source.parent
-        items, skipped = read_manifest(source)
-    elif source.is_dir():
-        root = source
-        items, skipped = walk_folder(source, layout)
-    else:
-        raise FileNotFoundError(f"{source} is neither a folder nor a .csv manifest")
+    root, items, skipped = find_items(folder, layout)
     summary = await index_items(
         root, items, gallery, embedder, batch_size=batch_size, workers=workers, progress=progress
     )
@@ -333,6 +344,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layout", choices=["auto", "names", "folders"], default="auto")
     p.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="read, decode and embed on Ray Data actors (ingestion.ray_bulk); no ADDRESS starts a local Ray in "
+        "this process, 'auto' or ray://HOST:10001 joins a running cluster",
+    )
+    p.add_argument("--ray-actors", type=int, help="embedding actors on Ray (default: one per CPU of the cluster)")
     args = p.parse_args(argv)
     if args.backend == "onnx" and args.artifact is None:
         p.error("the onnx backend needs --artifact")
@@ -340,21 +360,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("the triton backend needs --triton-url")
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
+    if args.ray_actors is not None and (args.ray is None or args.ray_actors < 1):
+        p.error("--ray-actors needs --ray and must be at least 1")
     return args
 
 
 async def _run(args: argparse.Namespace) -> Summary:
-    embedder = create_embedder(
-        args.backend,
-        artifact=args.artifact,
-        triton_url=args.triton_url,
-        model_name=args.model_name,
-        protocol=args.protocol,
-    )
+    settings = {
+        "backend": args.backend,
+        "artifact": args.artifact,
+        "triton_url": args.triton_url,
+        "model_name": args.model_name,
+        "protocol": args.protocol,
+    }
+    embedder = create_embedder(**settings)
     await embedder.start()
     try:
         spec = embedder.spec
         with Gallery.open_or_create(args.gallery, model_id=spec.model_id, dim=spec.dim, factory=args.factory) as g:
+            if args.ray is not None:
+                from ingestion.ray_bulk import index_folder_ray  # lazily: the threaded path never imports Ray
+
+                # This embedder has checked the model and told its spec; the actors start their own to embed.
+                return await asyncio.to_thread(
+                    index_folder_ray,
+                    args.folder,
+                    g,
+                    spec,
+                    settings,
+                    batch_size=args.batch_size,
+                    actors=args.ray_actors,
+                    layout=args.layout,
+                    progress=not args.no_progress,
+                )
             return await index_folder(
                 args.folder,
                 g,
@@ -370,7 +408,13 @@ async def _run(args: argparse.Namespace) -> Summary:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    summary = asyncio.run(_run(args))
+    if args.ray is None:
+        summary = asyncio.run(_run(args))
+    else:
+        from ingestion.ray_bulk import ray_session
+
+        with ray_session(args.ray):
+            summary = asyncio.run(_run(args))
     print(summary.format())
     if args.summary_json:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)

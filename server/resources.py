@@ -1,9 +1,12 @@
 """The app's resources (embedder, gallery): created and closed in the lifespan, retried while the backend is
 down, the readiness that follows from them, and the request path's decode and embed steps.
 
-CPU work never runs on the event loop: decoding goes to the threadpool, gallery calls (faiss, SQLite) to one
-gallery thread. One thread because the gallery's SQLite reader connections belong to the thread that made
-them and can only be closed there; faiss on one OpenMP thread is also the fastest for single queries here.
+CPU work never runs on the event loop: decoding goes to the threadpool, gallery calls to gallery threads. Reads
+(search, get, stats) run on a pool of ``gallery_search_workers`` threads, many at once; writes (add, remove,
+close) on one writer thread, so a burst of adds occupies one thread and never the searches' pool. Both gallery
+backends allow that: the embedded store's searches share its index lock and never take its write mutex (SQLite
+readers are per thread), and Milvus is a server. The gallery is whichever backend REID_GALLERY_URI names
+(index.open_gallery); the routes cannot tell which.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,13 +32,15 @@ from embedders.base import (
 )
 from formats.images import decode_image, resize
 from formats.spec import ModelSpec
+from index import Gallery, open_gallery
 from index.errors import GalleryError, MissingLog, ModelMismatch
-from index.gallery import Gallery
 from server.metrics import Metrics
 from server.settings import Settings
 
 log = logging.getLogger("server")
 T = TypeVar("T")
+# Gallery methods that only read (the protocol's, index.protocol.Gallery): they may run beside each other and a write.
+GALLERY_READS = frozenset({"search", "get", "records", "find_hashes", "find_hash", "stats", "scan", "calibration"})
 START_RETRY_S = 2.0  # how often a server whose backend was down at start tries again
 
 
@@ -52,7 +58,8 @@ class Resources:
         self.gallery: Gallery | None = None
         self.not_ready_reason = "starting"
         self._retry_task: asyncio.Task | None = None
-        self._gallery_thread: ThreadPoolExecutor | None = None
+        self._gallery_thread: ThreadPoolExecutor | None = None  # writes, opening and closing: one at a time
+        self._gallery_readers: ThreadPoolExecutor | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -61,7 +68,8 @@ class Resources:
 
     async def start(self) -> None:
         s = self.settings
-        self._gallery_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gallery")
+        self._gallery_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gallery-writer")
+        self._gallery_readers = ThreadPoolExecutor(max_workers=s.gallery_search_workers, thread_name_prefix="gallery")
         if self.embedder is None:
             self.embedder = create_embedder(
                 s.backend,
@@ -83,8 +91,8 @@ class Resources:
         s = self.settings
         try:
             self.gallery = await self.in_gallery(
-                Gallery.open_or_create,
-                s.gallery_dir,
+                open_gallery,
+                s.gallery_location,
                 model_id=spec.model_id,
                 dim=spec.dim,
                 factory=s.index_factory,
@@ -105,9 +113,26 @@ class Resources:
             log.error("gallery could not be opened: %s", exc)
             self.not_ready_reason = f"the gallery could not be opened ({type(exc).__name__})"
             return
+        await self._warm_readers()
         self.metrics.gallery_size.set(len(self.gallery))
         self.not_ready_reason = ""
         log.info("serving model %s with a gallery of %d", spec.model_id, len(self.gallery))
+
+    async def _warm_readers(self) -> None:
+        """Start every search thread and let each make its per-thread state (the embedded store's SQLite reader)
+        now, so the first searches do not pay for it and the server's open files stay level from here on."""
+        workers = self.settings.gallery_search_workers
+        barrier = threading.Barrier(workers)
+
+        def warm() -> None:
+            try:
+                barrier.wait(timeout=10)  # one task per thread: the pool starts a thread while none is idle
+            except threading.BrokenBarrierError:
+                pass
+            self.gallery.get(1)
+
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._gallery_readers, warm) for _ in range(workers)))
 
     async def _retry_start(self) -> None:
         while True:
@@ -131,6 +156,8 @@ class Resources:
             await self.in_gallery(self.gallery.close)
         if self._gallery_thread is not None:
             self._gallery_thread.shutdown(wait=True)
+        if self._gallery_readers is not None:
+            self._gallery_readers.shutdown(wait=True)
 
     async def readiness(self) -> str:
         """ "" when ready, else why not."""
@@ -162,7 +189,6 @@ class Resources:
         return xq  # checked against the spec by the embedder
 
     async def in_gallery(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Run a gallery call on the gallery thread (faiss and SQLite block)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._gallery_thread, functools.partial(fn, *args, **kwargs)
-        )
+        """Run a gallery call off the event loop: reads on the search pool, anything else on the writer thread."""
+        reads = self._gallery_readers if getattr(fn, "__name__", "") in GALLERY_READS else self._gallery_thread
+        return await asyncio.get_running_loop().run_in_executor(reads, functools.partial(fn, *args, **kwargs))

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from formats.images import ImageLimits
-from index.metadata import MAX_DEPTH, Limits
+from index.backends import parse_uri
 from index.metadata import MAX_DEPTH, Limits
 
 MAX_TOP_K = 100  # hard ceiling; the OpenAPI schema documents it
@@ -33,13 +33,16 @@ class Settings(BaseSettings):
     triton_protocol: Literal["grpc", "http"] = "grpc"
     model_name: str | None = None  # Triton model name; defaults to the artifact folder's name
 
-    # The gallery folder; created with index_factory when it does not exist yet.
+    # The gallery: gallery_uri names it (a folder: the embedded faiss + SQLite store; milvus://HOST:PORT/COLLECTION:
+    # a Milvus server; a path ending in .db: Milvus Lite), else the folder gallery_dir. Created with index_factory
+    # (faiss factory strings; Milvus also takes its own index type names) when it does not exist yet.
+    gallery_uri: str | None = None
     gallery_dir: Path = Path("galleries/default")
     index_factory: str = "Flat"
     search_threads: int = Field(1, ge=1)  # faiss OpenMP threads: 1 is fastest for single queries on few cores
-    # A gallery folder whose log (gallery.sqlite) is gone while its snapshot or manifest shows it held items is
-    # refused (not ready); true starts it as an empty gallery instead, the old files set aside.
-    gallery_allow_missing_log: bool = False
+    # Gallery searches at once, each on its own thread beside the one writer thread (faiss and SQLite release the
+    # GIL, Milvus answers over the network), so a search never queues behind an add.
+    gallery_search_workers: int = Field(4, ge=1)
     # Kept crops (index/crops.py): the bytes of every image added through the API, content-addressed, so the
     # gallery can be rebuilt for another model (python -m ingestion.reembed) and GET /v1/gallery/{id}/image shows
     # them. crops_dir defaults to <gallery_dir>/crops; a Milvus gallery has no folder and needs it set. An add
@@ -123,6 +126,19 @@ class Settings(BaseSettings):
             max_bytes=self.metadata_max_bytes,
             int64=True,
         )
+
+    @field_validator("gallery_uri", mode="after")
+    @classmethod
+    def _check_gallery_uri(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # compose passes an unset variable as ""
+        parse_uri(value)  # a ValueError names what is wrong, before anything starts
+        return value
+
+    @property
+    def gallery_location(self) -> str:
+        """The gallery URI the server opens: gallery_uri, else the folder gallery_dir."""
+        return self.gallery_uri or str(self.gallery_dir)
 
     @property
     def crops_root(self) -> Path | None:

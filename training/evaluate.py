@@ -249,8 +249,9 @@ def plot_dir_far(result: EvalResult, path: str | Path) -> Path:
     keep = far > 0  # a log axis has no room for FAR 0
     ax.plot(far[keep], np.asarray(curve.get("dir", []))[keep], lw=1.5, label="DIR")
     for p in cal.get("operating_points", []):
-        if p["far"] > 0:
-            ax.plot(p["far"], p["dir"], "o", color="C3")
+        if p["far"] > 0:  # hollow: too few absent identities to estimate that rate (index.calibration)
+            face = "C3" if p["reliable"] else "none"
+            ax.plot(p["far"], p["dir"], "o", color="C3", markerfacecolor=face)
             ax.annotate(f"FAR {p['target_far']:g}: t={p['threshold']:.3f}", (p["far"], p["dir"]), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("false-alarm rate (absent-identity probes)")
