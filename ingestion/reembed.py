@@ -53,6 +53,7 @@ class Summary:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     seconds: float = 0.0
     neighbours: dict = field(default_factory=dict)
+    crops_dir: str = ""  # where the destination's crops are (for REID_CROPS_DIR when it is not <gallery>/crops)
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -67,6 +68,7 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.embedded / self.seconds, 2) if self.seconds > 0 else 0.0,
             "rank1_neighbours": self.neighbours,
+            "crops_dir": self.crops_dir,
         }
 
     def format(self) -> str:
@@ -75,6 +77,8 @@ class Summary:
             f"source items {self.source_items}: embedded {self.embedded} ({self.kept_ids} under their source id), "
             f"already in the destination {self.already}, skipped {skipped}; {self.seconds:.1f} s",
         ]
+        if self.crops_dir:
+            lines.append(f"the destination's crops are in {self.crops_dir}")
         n = self.neighbours
         if n:
             lines.append(
@@ -358,6 +362,8 @@ async def _run(args: argparse.Namespace) -> Summary:
                     progress=not args.no_progress and sys.stderr.isatty(),
                 )
                 summary.neighbours = await asyncio.to_thread(neighbour_changes, source, dst)
+                # Content-addressed, so a destination without a crops folder of its own can share the source's.
+                summary.crops_dir = str((dst_crops or crops).root)
         return summary
     finally:
         await embedder.close()

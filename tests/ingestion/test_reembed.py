@@ -154,6 +154,7 @@ def test_reembed_from_the_cli_then_serve_with_the_new_model_only(models, live_ga
             before_record.content_hash,
         )
     assert len(CropStore.open(dst / "crops")) == total - 2
+    assert summary["crops_dir"] == str(dst / "crops")
 
     # Served with the new artifact: ready, and each kept crop finds itself under its old id.
     with LiveServer(gallery_settings(dst, artifact=models["new"])) as url, httpx.Client(base_url=url) as client:
