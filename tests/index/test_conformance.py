@@ -137,7 +137,8 @@ def test_add_new_adds_each_content_hash_once_even_from_threads(gallery):
     assert sum(added for r in results for _, added in r) == 1 and len({r[0][0] for r in results}) == 1
     assert len(gallery) == 6
     assert gallery.find_hashes([r.content_hash for r in records]) == {
-        r.content_hash: gid for r, gid in zip(records, [i for i, _ in first] + [again[1][0], again[3][0], results[0][0][0]], strict=True)
+        r.content_hash: gid
+        for r, gid in zip(records, [i for i, _ in first] + [again[1][0], again[3][0], results[0][0][0]], strict=True)
     }
 
 
