@@ -1,6 +1,9 @@
 """The search verdict through the real app under uvicorn: the operating point REID_TARGET_FAR picks, where its
 calibration came from (gallery before artifact before an older pair-level threshold), and the client's view."""
 
+import subprocess
+import sys
+
 import httpx
 import pytest
 
@@ -173,3 +176,21 @@ def test_the_client_parses_the_verdict_fields_and_the_schema_documents_them(tmp_
 def test_the_target_far_setting_is_a_rate(tmp_path, bad):
     with pytest.raises(ValueError, match="target_far"):
         gallery_settings(tmp_path, target_far=bad)
+
+
+def test_reid_search_prints_the_operating_point(tmp_path):
+    crop = tmp_path / "q.png"
+    crop.write_bytes(ENROLLED[5])
+    with serve(tmp_path, target_far=0.05) as url, httpx.Client(base_url=url, timeout=30) as client:
+        enrol(client)
+        out = subprocess.run(
+            [sys.executable, "-m", "client.cli", "--url", url, "search", str(crop)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert out.returncode == 0, out.stderr
+    assert "verdict: match (threshold 0.750)" in out.stdout
+    assert "operating point: FAR 0.01 (target 0.05), DIR 0.500, measured FAR 0.0090, from the artifact" in out.stdout
+    assert "note: no operating point was calibrated for FAR 0.05; the nearest stricter one" in out.stdout
