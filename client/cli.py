@@ -105,6 +105,15 @@ def _person_and_camera(path: Path, person: str | None, camera: str | None) -> tu
     return (person, camera) if person else None
 
 
+def cmd_gallery_copy(args: argparse.Namespace) -> int:
+    # A child process, as `reid index --gallery`: the client package never imports the gallery's code.
+    command = [sys.executable, "-m", "index.copy", args.source, args.destination]
+    command += ["--batch", str(args.batch), "--sample", str(args.sample)]
+    if args.factory:
+        command += ["--factory", args.factory]
+    return subprocess.call(command)
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     if args.ray is not None and args.gallery is None:
         print(
@@ -253,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal)")
     p.set_defaults(run=cmd_gallery_reembed)
+    p = gallery_sub.add_parser(
+        "copy", help="copy a gallery to another backend or place, ids kept; resumable, verified (index.copy)"
+    )
+    p.add_argument("source", help="gallery folder, milvus://HOST:PORT/COLLECTION or a Milvus Lite .db file")
+    p.add_argument("destination", help="the same forms; created if missing, resumed if a copy was interrupted")
+    p.add_argument("--factory", help="index type of a new destination (default: the source's)")
+    p.add_argument("--batch", type=int, default=1000, help="items per batch")
+    p.add_argument("--sample", type=int, default=20, help="searches compared between the two at the end")
+    p.set_defaults(run=cmd_gallery_copy)
 
     p = sub.add_parser(
         "calibrate",
