@@ -61,6 +61,7 @@ class Built:
     stale: Path  # closed after the first batch
     crashed: Path  # copied while open after both batches: the log's tail is in the -wal file
     crashed_early: Path  # copied while open after the second batch's adds, before the removals
+    crashed_snapshotted: Path  # copied while open after a snapshot of the final state (the -wal still holds it)
     truth: Truth
     truth_first: Truth  # after the first batch only
     ever: dict[int, tuple[np.ndarray, Record]]  # every item ever acknowledged (removed ones too)
@@ -81,6 +82,8 @@ def build(root: Path, seed: int, factory: str) -> Built:
         assert g.remove(REMOVED) == len(REMOVED)
         shutil.copytree(folder, root / "crashed")
         assert (root / "crashed" / "gallery.sqlite-wal").stat().st_size > 0
+        g.snapshot()
+        shutil.copytree(folder, root / "crashed_snapshotted")
     ever = {gid: (xb[i], records[i]) for i, gid in enumerate(first + second)}
     first_items = {gid: ever[gid] for gid in first}
     final_items = {gid: v for gid, v in ever.items() if gid not in REMOVED}
@@ -89,6 +92,7 @@ def build(root: Path, seed: int, factory: str) -> Built:
         root / "stale",
         root / "crashed",
         root / "crashed_early",
+        root / "crashed_snapshotted",
         Truth(final_items),
         Truth(first_items),
         ever,
@@ -196,7 +200,7 @@ def replace_with(f: Path, other: Path) -> None:
 class Case:
     file: str
     damage: str
-    state: str  # "final" (closed) or "crashed" (copied while open)
+    state: str  # "final" (closed), "crashed" or "crashed_snapshotted" (copied while open)
     apply: Callable[[Path, Built, Built], None]  # (folder, this gallery, the other gallery)
     expect: str  # intact | recovered | refused | refused at read | other gallery | earlier state
     factories: tuple[str, ...] = tuple(FACTORIES)
@@ -260,9 +264,14 @@ CASES = [
     Case(DB, "stale (an older copy)", "final", lambda f, a, b: replace_with(f / DB, a.stale / DB), "refused"),
     # the log's write-ahead file and its index, as a kill -9 leaves them
     Case(WAL, "none (baseline after kill -9)", "crashed", lambda f, a, b: None, "intact"),
+    # The transactions in a lost -wal are gone and nothing else records them, unless a snapshot written after
+    # them says the log went further: then the log is refused as behind its snapshot.
     Case(WAL, "missing", "crashed", lambda f, a, b: (f / WAL).unlink(), "earlier state"),
     Case(WAL, "truncated to half", "crashed", lambda f, a, b: truncate(f / WAL), "earlier state"),
     Case(WAL, "bit-flipped", "crashed", lambda f, a, b: flip(f / WAL, 0.5), "earlier state"),
+    Case(WAL, "missing, after a snapshot", "crashed_snapshotted", lambda f, a, b: (f / WAL).unlink(), "refused"),
+    Case(WAL, "truncated, after a snapshot", "crashed_snapshotted", lambda f, a, b: truncate(f / WAL), "refused"),
+    Case(WAL, "bit-flipped, after a snapshot", "crashed_snapshotted", lambda f, a, b: flip(f / WAL, 0.5), "refused"),
     Case(
         WAL,
         "swapped with another gallery's",
@@ -379,7 +388,7 @@ def test_damage_is_recovered_or_refused_never_served_wrong(galleries, case, tmp_
     if factory not in case.factories:
         pytest.skip(f"{factory} has no {case.file}")
     folder = tmp_path / "gallery"
-    shutil.copytree(a.final if case.state == "final" else a.crashed, folder)
+    shutil.copytree(getattr(a, case.state), folder)
     case.apply(folder, a, b)
     opts = FACTORIES[factory]
 
