@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import httpx
@@ -185,6 +186,24 @@ def _non_float_output(path: Path) -> Path:
     return path
 
 
+def _fixed_batch(path: Path) -> Path:
+    """The NCHW network exported without a dynamic batch axis (a common export: batch 1 baked in)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            nets.PlanarRGBNet().eval(),
+            (torch.zeros(1, 3, H, W),),
+            str(path),
+            input_names=["input"],
+            output_names=["feat", "logits"],
+            opset_version=17,
+            dynamo=False,
+        )
+    return path
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
@@ -195,6 +214,8 @@ def _non_float_output(path: Path) -> Path:
         ("units unstated", "state the units of --mean/--std with --units 0-1 or --units 0-255"),
         ("wrong layout", "has its 3 channels first: is it --layout nchw?"),
         ("0-255 as 0-1", "is outside 0-1 but --units says 0-1"),
+        ("fixed batch", "has a fixed batch of 1; re-export it with a dynamic batch axis"),
+        ("int8 without data", "--int8 needs --data"),
     ],
 )
 def test_refusals_are_one_line_with_exit_code_2(case, message, onnx_nets, tmp_path, capsys):
@@ -207,6 +228,8 @@ def test_refusals_are_one_line_with_exit_code_2(case, message, onnx_nets, tmp_pa
         "units unstated": [rgb, "--output", "feat", "--mean", "0.5", "--std", "0.2"],
         "wrong layout": [rgb, "--output", "feat", "--layout", "nhwc"],
         "0-255 as 0-1": [bgr, "--size", "64x32", "--layout", "nhwc", "--mean", "104,117,124", "--units", "0-1"],
+        "fixed batch": [str(_fixed_batch(tmp_path / "batch1.onnx")), "--output", "feat"],
+        "int8 without data": [rgb, "--output", "feat", "--int8"],
     }[case]
     out = tmp_path / "artifact"
     assert main([*argv, "--out", str(out)]) == 2
