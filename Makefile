@@ -20,7 +20,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 MANIFESTS ?= build/k8s
 
-.PHONY: help setup lint format test test-gpu data baseline train evaluate export triton serve index bench viz demo manifests clean
+.PHONY: help setup lint format test test-gpu data baseline train evaluate export triton serve index bench bench-million viz demo manifests clean
 
 help: ## list the targets, one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -76,8 +76,18 @@ index: setup ## bulk-index the crops in GALLERY into GALLERY_DIR with ARTIFACT
 bench: setup ## benchmarks of ARTIFACT: embedders, faiss index types, bulk indexing, HTTP search; JSON in bench/
 	$(PY) -m embedders.bench --artifact $(ARTIFACT) --out bench/embedders.json
 	$(PY) -m index.bench --sizes 10000 --dim 2048 --out bench/index.json
+	$(PY) -m index.bench --serving --backend embedded --concurrent --sizes 10000 --queries 2000 $(BENCH_DIM) --out bench/gallery-embedded.json
+	$(PY) -m index.bench --serving --backend milvus-lite --concurrent --sizes 10000 --queries 200 $(BENCH_DIM) --out bench/gallery-milvus-lite.json
 	$(PY) -m ingestion.bench --artifact $(ARTIFACT) --images $(GALLERY) --out bench/bulk.json
 	$(PY) -m client.bench --artifact $(ARTIFACT) --backend both --images $(DATA)/query --fill $(GALLERY) --concurrency 1,8 --out bench
+	$(PY) -m client.bench --artifact $(ARTIFACT) --images $(DATA)/query --fill $(GALLERY) --concurrency 1,8 --stalled 32 --out bench
+
+# The gallery benchmarks take the demo artifact's embedding size when it exists (512 for the demo model).
+BENCH_DIM = $(if $(wildcard $(ARTIFACT)/spec.json),--artifact $(ARTIFACT),--dim 512)
+
+bench-million: setup ## the gallery backends at 1M vectors of the demo's dimension, with and without a camera filter
+	$(PY) -m index.bench --serving --backend embedded --sizes 1000000 --queries 200 $(BENCH_DIM) --out bench/gallery-embedded-1m.json
+	$(PY) -m index.bench --serving --backend milvus-lite --sizes 1000000 --queries 100 $(BENCH_DIM) --out bench/gallery-milvus-lite-1m.json
 
 viz: setup ## attention maps (Grad-CAM) of CKPT on a few query images
 	$(PY) -m training.viz $(CKPT) --data $(DATA) --out runs/viz
