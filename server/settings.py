@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _crops_need_a_folder(self) -> Settings:
+        if self.keep_crops and self.crops_root is None:
+            raise ValueError("REID_KEEP_CROPS with a Milvus gallery needs REID_CROPS_DIR (a collection has no folder)")
+        return self
+
+    @model_validator(mode="after")
     def _pick_backend(self) -> Settings:
         if self.backend is None:
             self.backend = "triton" if self.triton_url else "onnx"

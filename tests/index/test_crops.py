@@ -158,3 +158,16 @@ def test_api_refuses_with_507_when_the_crop_store_is_full_and_adds_nothing(tmp_p
         assert client.get("/v1/gallery").json()["count"] == 2  # neither image of the refused request was added
         assert len(CropStore.open(tmp_path / "kept")) == 2
         assert not (tmp_path / "gallery" / "crops").exists()  # REID_CROPS_DIR is where they go
+
+
+def test_keeping_crops_of_a_milvus_gallery_needs_a_crops_folder(tmp_path):
+    with pytest.raises(ValueError, match="REID_CROPS_DIR"):
+        gallery_settings(tmp_path / "g", keep_crops=True, gallery_uri="milvus://127.0.0.1:19530/people")
+    kept = gallery_settings(
+        tmp_path / "g", keep_crops=True, gallery_uri="milvus://127.0.0.1:19530/people", crops_dir=tmp_path / "kept"
+    )
+    assert kept.crops_root == tmp_path / "kept"
+    assert (
+        gallery_settings(tmp_path / "g", gallery_uri=str(tmp_path / "site")).crops_root == tmp_path / "site" / "crops"
+    )
+    assert gallery_settings(tmp_path / "g").crops_root == tmp_path / "g" / "crops"
