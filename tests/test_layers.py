@@ -31,7 +31,7 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
 def test_the_contracts_hold(tmp_path):
     out = _lint(_copy(tmp_path))
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "broken" not in out.stdout.split("Contracts:")[-1].replace("0 broken", "")
+    assert " BROKEN" not in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -51,5 +51,5 @@ def test_a_forbidden_import_breaks_its_contract(tmp_path, module, line, contract
     path.write_text(path.read_text() + f"\n{line}  # added by the test\n")
     out = _lint(root)
     assert out.returncode != 0
-    broken = [row for row in out.stdout.splitlines() if row.rstrip().endswith("BROKEN")]
+    broken = [row for row in out.stdout.splitlines() if " BROKEN" in row]
     assert any(row.startswith(contract) for row in broken), out.stdout
