@@ -392,7 +392,19 @@ class Store:
         conn = self.reader()
         with self._damage_refused():
             row = conn.execute(f"SELECT {self._records_sql(conn)} FROM items WHERE id = ?", (rid,)).fetchone()
-        return None if row is None else _row_to_record(row, self.gallery_id, self.path)
+        return None if row is None else self._record(row, conn)
+
+    def _record(self, row, conn: sqlite3.Connection) -> Record:
+        try:
+            return _row_to_record(row, self.gallery_id, self.path)
+        except CorruptGallery:
+            # A reader that opened a log from before gallery ids sees rows a writer has since written under the
+            # id it assigned: learn the id once and check again; a row that still fails is corrupt.
+            known = self.setting(conn, GALLERY_ID) or ""
+            if known == self.gallery_id:
+                raise
+            self.gallery_id = known
+            return _row_to_record(row, self.gallery_id, self.path)
 
     @contextmanager
     def _damage_refused(self) -> Iterator[None]:
@@ -412,7 +424,7 @@ class Store:
                 rows = conn.execute(f"SELECT {self._records_sql(conn)} FROM items WHERE id IN ({marks})", chunk)
                 rows = rows.fetchall()
             for row in rows:
-                out[row[0]] = _row_to_record(row, self.gallery_id, self.path)
+                out[row[0]] = self._record(row, conn)
         return out
 
     def find_hashes(self, hashes: Sequence[str]) -> dict[str, int]:

@@ -465,3 +465,59 @@ def test_an_empty_folder_or_a_gallery_that_never_held_items_is_created_without_a
         assert len(g) == 0
     with pytest.raises(GalleryError, match="no gallery"):
         Gallery.open(tmp_path / "nothing")
+
+
+# The log as versions before gallery ids and record crc32s wrote it.
+LEGACY_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, person_id TEXT, camera_id TEXT, captured_at REAL, track_id TEXT,
+    source TEXT, content_hash TEXT, metadata TEXT NOT NULL DEFAULT '{}', added_at REAL NOT NULL, vector BLOB NOT NULL,
+    vector_crc INTEGER NOT NULL
+);
+CREATE INDEX items_content_hash ON items (content_hash);
+CREATE TABLE removals (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER NOT NULL);
+"""
+LEGACY_ITEMS = (
+    "id, person_id, camera_id, captured_at, track_id, source, content_hash, metadata, added_at, vector, vector_crc"
+)
+
+
+@pytest.mark.parametrize("upgraded", [False, True], ids=["as written", "columns added, no gallery id yet"])
+def test_a_log_from_an_older_version_is_upgraded_and_a_reader_opened_before_follows(tmp_path, upgraded):
+    """A log without a gallery id, record crc32s or removal crc32s (as older versions wrote it): a reader opened
+    before the first writer still reads what that writer adds under the id it assigns; the snapshot is rebuilt
+    once, bound to the log."""
+    import sqlite3
+
+    folder = tmp_path / "gallery"
+    xb = clustered(30, DIM, seed=9)
+    records = _records(9, 30)
+    with Gallery.create(folder, model_id=MODEL, dim=DIM) as g:
+        g.add(xb[:20], records[:20], model_id=MODEL)
+        g.remove([4])
+    (folder / DB).rename(folder / "new.sqlite")
+    conn = sqlite3.connect(folder / DB)
+    conn.executescript(LEGACY_SCHEMA)
+    conn.execute("ATTACH DATABASE ? AS new", (str(folder / "new.sqlite"),))
+    conn.execute("INSERT INTO meta SELECT * FROM new.meta WHERE key != 'gallery_id'")
+    conn.execute(f"INSERT INTO items SELECT {LEGACY_ITEMS} FROM new.items")
+    conn.execute("INSERT INTO removals SELECT seq, id FROM new.removals")
+    if upgraded:  # a reader may open between a writer's upgrade of the columns and its gallery id
+        conn.execute("ALTER TABLE items ADD COLUMN record_crc INTEGER")
+    conn.execute(
+        "UPDATE sqlite_sequence SET seq = (SELECT seq FROM new.sqlite_sequence s WHERE s.name = sqlite_sequence.name)"
+    )
+    conn.commit()
+    conn.close()
+    (folder / "new.sqlite").unlink()
+    with Gallery.open(folder, readonly=True) as reader:
+        assert reader.get(5).person_id == records[4].person_id and len(reader) == 19
+        with Gallery.open(folder) as writer:
+            assert writer.stats()["recovered"]  # the manifest is not bound to this log yet: rebuilt
+            [new] = writer.add(xb[20:21], records[20:21], model_id=MODEL)
+            reader.refresh()
+            assert same_record(reader.get(new), records[20]) and same_record(reader.get(5), records[4])
+            assert [h.id for h in reader.search(xb[20], 1, model_id=MODEL)[0]] == [new]
+    with Gallery.open(folder) as again:
+        assert again.stats()["recovered"] == [] and len(again) == 20
