@@ -4,6 +4,7 @@
     python -m ingestion.bulk FOLDER --gallery DIR --backend triton --triton-url HOST:8001 --model-name NAME
     python -m ingestion.bulk LIST.csv --gallery DIR --artifact DIR          # path,person_id,camera_id[,captured_at,track_id]
     python -m ingestion.bulk FOLDER --gallery DIR --artifact DIR --ray [ADDRESS]   # on Ray Data (ingestion.ray_bulk)
+    python -m ingestion.bulk FOLDER --gallery milvus://HOST:19530/reid --artifact DIR  # or a Milvus Lite .db file
 
 Labels come from Market-1501 names (0002_c1s1_000451_03.jpg: person 0002, camera 1), DukeMTMC-reID names
 (0005_c2_f0046985.jpg), or else the folder a file is in (FOLDER/<person_id>/*.jpg; camera from "_c<N>" in
@@ -39,8 +40,8 @@ from tqdm import tqdm
 from embedders.base import Embedder, create_embedder
 from formats.images import ImageError, decode_image, resize
 from formats.names import camera_in_name, is_image_file, parse_dataset_name
+from index import Gallery, open_gallery
 from index.errors import ModelMismatch
-from index.gallery import Gallery
 from index.records import Record
 
 MAX_FILE_BYTES = 50 * 1024 * 1024  # far above any crop; bounds memory per worker
@@ -332,7 +333,11 @@ async def index_folder(
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ingestion.bulk", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="folder of crops, or a CSV manifest (path,person_id,camera_id,...)")
-    p.add_argument("--gallery", type=Path, required=True, help="gallery folder (created if missing)")
+    p.add_argument(
+        "--gallery",
+        required=True,
+        help="gallery folder (created if missing), Milvus Lite .db file or milvus://HOST:PORT/COLLECTION",
+    )
     p.add_argument("--backend", choices=["onnx", "triton"], default="onnx")
     p.add_argument("--artifact", type=Path, help="artifact folder with model.onnx (onnx backend)")
     p.add_argument("--triton-url", help="Triton address, e.g. localhost:8001 (triton backend)")
@@ -377,7 +382,7 @@ async def _run(args: argparse.Namespace) -> Summary:
     await embedder.start()
     try:
         spec = embedder.spec
-        with Gallery.open_or_create(args.gallery, model_id=spec.model_id, dim=spec.dim, factory=args.factory) as g:
+        with open_gallery(args.gallery, model_id=spec.model_id, dim=spec.dim, factory=args.factory) as g:
             if args.ray is not None:
                 from ingestion.ray_bulk import index_folder_ray  # lazily: the threaded path never imports Ray
 

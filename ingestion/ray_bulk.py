@@ -41,15 +41,15 @@ from tqdm import tqdm
 
 from embedders.base import create_embedder
 from formats.spec import ModelSpec
+from index import Gallery
 from index.errors import ModelMismatch
-from index.gallery import Gallery
 from ingestion.bulk import Item, Layout, Summary, _prepare, find_items, read_or_skip, record_of
 
 LOCAL = "local"  # ray.init's address for a fresh local Ray, whatever RAY_ADDRESS says
 
 
 @contextmanager
-def ray_session(address: str = LOCAL, *, num_cpus: int | None = None) -> Iterator[None]:
+def ray_session(address: str = LOCAL) -> Iterator[None]:
     """Ray for the length of the block: a fresh local instance (address "local"), or a connection to a running
     cluster ("auto", HOST:PORT, ray://HOST:10001). A Ray the caller already started is used and left running."""
     if ray.is_initialized():
@@ -58,7 +58,6 @@ def ray_session(address: str = LOCAL, *, num_cpus: int | None = None) -> Iterato
     local = address == LOCAL
     ray.init(
         address=address,
-        num_cpus=num_cpus if local else None,
         include_dashboard=False if local else None,
         log_to_driver=False,  # worker logs stay in Ray's session folder; failures come back as exceptions
         logging_level=logging.WARNING,

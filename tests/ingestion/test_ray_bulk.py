@@ -1,6 +1,7 @@
 """Bulk indexing on Ray Data (local Ray, two actors) builds the gallery the threaded path builds: the same content
 hashes with the same labels, the same skips and counts, the same top-5 answers; a rerun adds nothing; and the
-command line (`python -m ingestion.bulk --ray ADDRESS`, `reid index --ray`) joins a running Ray."""
+command line (`python -m ingestion.bulk --ray ADDRESS`, `reid index --ray`) joins a running Ray and writes to a
+Milvus Lite gallery as well."""
 
 import asyncio
 import hashlib
@@ -17,6 +18,7 @@ ray = pytest.importorskip("ray", reason="the cluster extra (ray[data]) is not in
 from client.cli import main as reid_main  # noqa: E402 (after the skip: without Ray nothing here runs)
 from embedders.base import create_embedder  # noqa: E402
 from formats.images import load_image  # noqa: E402
+from index import open_gallery  # noqa: E402
 from index.gallery import Gallery  # noqa: E402
 from ingestion.bulk import index_folder, parse_args  # noqa: E402
 from ingestion.ray_bulk import index_folder_ray  # noqa: E402
@@ -98,8 +100,11 @@ def test_ray_gallery_equals_threaded_gallery(ray_address, crops, synth_data, tin
         assert again.skipped == first.skipped and len(g) == first.indexed
 
 
-def test_command_line_joins_a_running_ray(ray_address, synth_data, tiny_artifact, tmp_path, capfd):
-    folder, gallery, summary = synth_data / "bounding_box_test", tmp_path / "g", tmp_path / "summary.json"
+def test_command_line_joins_a_running_ray_and_writes_to_milvus_lite(
+    ray_address, synth_data, tiny_artifact, tmp_path, capfd
+):
+    pytest.importorskip("milvus_lite", reason="Milvus Lite is in the milvus extra (make setup installs it)")
+    folder, gallery, summary = synth_data / "bounding_box_test", tmp_path / "g.db", tmp_path / "summary.json"
     command = [sys.executable, "-m", "ingestion.bulk", str(folder), "--gallery", str(gallery)]
     command += ["--artifact", str(tiny_artifact), "--ray", ray_address, "--ray-actors", "2", "--batch-size", "16"]
     done = subprocess.run([*command, "--summary-json", str(summary), "--no-progress"], capture_output=True, text=True)
@@ -108,9 +113,6 @@ def test_command_line_joins_a_running_ray(ray_address, synth_data, tiny_artifact
     distinct = {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     written = json.loads(summary.read_text())
     assert written["indexed"] == len(distinct) and written["indexed"] + written["duplicates"] == len(files)
-    with Gallery.open(gallery, readonly=True) as g:
-        assert len(g) == len(distinct)
-
     # `reid index --ray` runs the same command; a second run finds every file already there.
     capfd.readouterr()
     rc = reid_main(
@@ -118,6 +120,9 @@ def test_command_line_joins_a_running_ray(ray_address, synth_data, tiny_artifact
     )
     assert rc == 0
     assert f"indexed 0, duplicates {len(files)}, skipped 0" in capfd.readouterr().out
+    # Opened last: Milvus Lite keeps its file locked by this process until the process ends.
+    with open_gallery(gallery, readonly=True) as g:
+        assert g.backend == "milvus" and len(g) == len(distinct)
 
 
 def test_ray_options_are_checked(tmp_path, capsys):
