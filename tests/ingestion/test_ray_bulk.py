@@ -133,3 +133,8 @@ def test_ray_options_are_checked(tmp_path, capsys):
     assert args.ray == "local"
     assert reid_main(["index", str(tmp_path), "--ray"]) == 2
     assert "needs --gallery" in capsys.readouterr().err
+
+
+def test_the_threaded_path_never_imports_ray():
+    check = "import sys, ingestion.bulk, client.cli; sys.exit('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check]).returncode == 0
