@@ -59,6 +59,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(result), indent=2))
     else:
         _print_search(result)
+    if args.show is not None:
+        from client.show import show  # matplotlib and Pillow load only for a picture
+
+        path = show(args.url, args.api_key, args.timeout, args.image, result, args.show, args.crops)
+        print(f"picture: {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -213,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-camera", help="drop matches from this camera (Market-1501 protocol)")
     p.add_argument("--camera", action="append", help="only hits from this camera (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--show", type=Path, metavar="PNG", help="also draw the query and its hits into this picture")
+    p.add_argument(
+        "--crops", type=Path, metavar="DIR", help="with --show, when the server keeps no crops: the indexed folder"
+    )
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("add", help="add crops of one person to the gallery")
