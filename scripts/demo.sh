@@ -9,6 +9,7 @@ CKPT=${CKPT:-checkpoints/demo}
 ARTIFACT=${ARTIFACT:-artifacts/demo}
 GALLERY_DIR=${GALLERY_DIR:-galleries/demo}
 PORT=${PORT:-8000}
+TARGET_FAR=${TARGET_FAR:-0.1}  # the verdict's operating point: the demo model can support 10 %, not 1 %
 FORCE=${FORCE:-0}
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -25,19 +26,48 @@ if need "$CKPT/meta.json"; then
   $PY -m training.train --config configs/demo.yaml data_root="$DATA" out_dir="$CKPT"
   $PY -m training.baseline "$DATA"
 else step "2/5 train: $CKPT exists"; fi
+if ! grep -q '"operating_points"' "$CKPT/meta.json"; then
+  # The verdict's operating points (open set: DIR at FAR 0.1 / 0.01 / 0.001) and dir_far.png, into the checkpoint.
+  $PY -m training.evaluate "$CKPT" --data "$DATA" --write-meta
+fi
 
-if need "$ARTIFACT/spec.json"; then
+if need "$ARTIFACT/spec.json" || ! grep -q '"operating_points"' "$ARTIFACT/spec.json"; then
   step "3/5 export -> $ARTIFACT"
   rm -rf "$ARTIFACT"
   $PY -m export "$CKPT" --out "$ARTIFACT" --data "$DATA"
 else step "3/5 export: $ARTIFACT exists"; fi
 
-step "4/5 bulk-index $DATA/bounding_box_test -> $GALLERY_DIR"
-[ "$FORCE" = 1 ] && rm -rf "$GALLERY_DIR"
-$PY -m ingestion.bulk "$DATA/bounding_box_test" --gallery "$GALLERY_DIR" --artifact "$ARTIFACT"
+step "4/5 bulk-index $DATA/bounding_box_test -> $GALLERY_DIR, a fifth of the people left out"
+# Who is left out is a seeded draw, not a choice: their queries must come back "unknown". Distractors (person 0)
+# go in without a person id, so they take places among the hits but are never an identity.
+rm -rf "$GALLERY_DIR"
+$PY - "$DATA" <<'EOF'
+import csv
+import random
+import sys
+from pathlib import Path
 
-step "5/5 serve on 127.0.0.1:$PORT and search with a query crop"
-REID_ARTIFACT="$ARTIFACT" REID_GALLERY_DIR="$GALLERY_DIR" \
+from formats.names import JUNK_PERSON, parse_dataset_name
+
+root = Path(sys.argv[1])
+crops = [(p, parse_dataset_name(p.stem)) for p in sorted((root / "bounding_box_test").glob("*.jpg"))]
+people = sorted({n.person_id for _, n in crops if n and n.person_id not in ("0000", JUNK_PERSON)})
+left_out = sorted(random.Random(0).sample(people, len(people) // 5))
+with open(root / "demo_gallery.csv", "w", newline="") as f:
+    rows = csv.writer(f)
+    rows.writerow(["path", "person_id", "camera_id"])
+    for path, name in crops:
+        if name and name.person_id not in left_out and name.person_id != JUNK_PERSON:
+            rows.writerow([f"bounding_box_test/{path.name}", "" if name.person_id == "0000" else name.person_id, name.camera_id])
+(root / "demo_left_out.txt").write_text("\n".join(left_out) + "\n")
+print(f"{len(people) - len(left_out)} people enrolled, {len(left_out)} left out: {' '.join(left_out)}")
+EOF
+$PY -m ingestion.bulk "$DATA/demo_gallery.csv" --gallery "$GALLERY_DIR" --artifact "$ARTIFACT"
+# What the gallery's own people say (leave one identity out; a dry run: the searches below use the artifact's).
+.venv/bin/reid calibrate "$GALLERY_DIR" --far "$TARGET_FAR" --dry-run
+
+step "5/5 serve on 127.0.0.1:$PORT at target FAR $TARGET_FAR; search an enrolled person and one left out"
+REID_TARGET_FAR="$TARGET_FAR" REID_ARTIFACT="$ARTIFACT" REID_GALLERY_DIR="$GALLERY_DIR" \
   $PY -m server --host 127.0.0.1 --port "$PORT" --log-level warning &
 server=$!
 stop_server() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
@@ -47,9 +77,47 @@ for _ in $(seq 120); do
   kill -0 $server 2>/dev/null || { echo "the server exited" >&2; exit 1; }
   sleep 0.5
 done
-query=$(ls "$DATA"/query/*.jpg | head -n 1)
-echo "query: $query (person $(basename "$query" | cut -c1-4))"
-.venv/bin/reid --url "http://127.0.0.1:$PORT" search "$query" -k 5
+person() { basename "$1" | cut -c1-4; }
+enrolled="" absent=""
+for query in "$DATA"/query/*.jpg; do
+  if grep -qx "$(person "$query")" "$DATA/demo_left_out.txt"; then absent=${absent:-$query}; else enrolled=${enrolled:-$query}; fi
+done
+for query in "$enrolled" "$absent"; do
+  if [ "$query" = "$enrolled" ]; then who="enrolled"; else who="left out of the gallery"; fi
+  printf '\n\033[1mquery %s: person %s, %s\033[0m\n' "$query" "$(person "$query")" "$who"
+  .venv/bin/reid --url "http://127.0.0.1:$PORT" search "$query" -k 5
+done
+# Every query through the API: the false-alarm rate on the left-out people, the DIR on the enrolled ones.
+$PY - "$DATA" "http://127.0.0.1:$PORT" <<'EOF'
+import sys
+from pathlib import Path
+
+from client import ReIDClient
+
+root, url = Path(sys.argv[1]), sys.argv[2]
+left_out = set((root / "demo_left_out.txt").read_text().split())
+alarms, found, absent_people = [], [], set()
+with ReIDClient(url) as reid:
+    for query in sorted((root / "query").glob("*.jpg")):
+        person = query.name[:4]
+        result = reid.search(query)
+        top = result.identities[0].person_id if result.identities else None
+        if person in left_out:
+            alarms.append(result.verdict == "match")
+            absent_people.add(person)
+        else:
+            found.append(result.verdict == "match" and top == person)
+c = result.calibration
+print(
+    f"\noperating point: target FAR {result.target_far:g}, threshold {result.threshold:.4f}, calibrated on the "
+    f"{c.source} ({c.method}, {c.gallery_identities} identities): DIR {c.dir:.3f}, FAR {c.measured_far:.3f}"
+)
+print(
+    f"measured here: FAR {sum(alarms) / len(alarms):.3f} ({sum(alarms)} of {len(alarms)} queries of the "
+    f"{len(absent_people)} people left out), DIR {sum(found) / len(found):.3f} ({sum(found)} of {len(found)} "
+    "queries of enrolled people)"
+)
+EOF
 .venv/bin/reid --url "http://127.0.0.1:$PORT" stats
 stop_server
 trap - EXIT
