@@ -70,8 +70,8 @@ triton: setup ## start a local Triton Inference Server hosting ARTIFACT
 serve: setup ## start the API on HOST:PORT with ARTIFACT and GALLERY_DIR (embedded ONNX Runtime)
 	REID_ARTIFACT=$(ARTIFACT) REID_GALLERY_DIR=$(GALLERY_DIR) $(PY) -m server --host $(HOST) --port $(PORT)
 
-index: setup ## bulk-index the crops in GALLERY into GALLERY_DIR with ARTIFACT
-	$(PY) -m ingestion.bulk $(GALLERY) --gallery $(GALLERY_DIR) --artifact $(ARTIFACT)
+index: setup ## bulk-index the crops in GALLERY into GALLERY_DIR with ARTIFACT, keeping them (GALLERY_DIR/crops)
+	$(PY) -m ingestion.bulk $(GALLERY) --gallery $(GALLERY_DIR) --artifact $(ARTIFACT) --keep-crops
 
 bench: setup ## benchmarks of ARTIFACT: embedders, faiss index types, bulk indexing, HTTP search; JSON in bench/
 	$(PY) -m embedders.bench --artifact $(ARTIFACT) --out bench/embedders.json

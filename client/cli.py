@@ -126,6 +126,13 @@ def cmd_index(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.keep_crops and args.gallery is None:
+        print(
+            "reid index --keep-crops needs --gallery (through the API, the server keeps crops when it runs with "
+            "REID_KEEP_CROPS=true)",
+            file=sys.stderr,
+        )
+        return 2
     if args.gallery is not None:
         # Straight into a gallery folder (no server): the same code path as `make index`.
         if args.artifact is None:
@@ -135,6 +142,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         command += ["--artifact", str(args.artifact)]
         if args.ray is not None:
             command += ["--ray", args.ray]
+        if args.keep_crops:
+            command += ["--keep-crops"]
         return subprocess.call(command)
     added = duplicates = skipped = 0
     batch: list[tuple[Path, str, str | None]] = []
@@ -251,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
         const="local",
         metavar="ADDRESS",
         help="with --gallery: read, decode and embed on Ray (a local Ray, or 'auto' / ray://HOST:10001)",
+    )
+    p.add_argument(
+        "--keep-crops",
+        action="store_true",
+        help="with --gallery: keep each added file's bytes (REID_CROPS_DIR, else <gallery>/crops) for the API's "
+        "images and reid gallery reembed",
     )
     p.add_argument("--person", help="person id for files without a Market-1501 name")
     p.add_argument("--camera", help="camera id for files without a Market-1501 name")

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from index.backends import parse_uri
 from index.errors import GalleryError
 
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -50,6 +51,16 @@ def sniff(data: bytes) -> str | None:
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def crops_folder(gallery: str | os.PathLike, crops_dir: str | os.PathLike | None = None) -> Path | None:
+    """Where a gallery's kept crops live: ``crops_dir`` when given, else <gallery folder>/crops; None for a Milvus
+    gallery (server or Lite file) without ``crops_dir``, which has no folder of its own to put them in. The API
+    (REID_CROPS_DIR) and bulk indexing (--crops-dir) both resolve it here, so they keep crops in the same place."""
+    if crops_dir is not None:
+        return Path(crops_dir)
+    uri = parse_uri(gallery)
+    return uri.path / "crops" if uri.kind == "embedded" else None
 
 
 def check_hash(value: str) -> str:

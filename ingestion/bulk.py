@@ -4,6 +4,7 @@
     python -m ingestion.bulk FOLDER --gallery DIR --backend triton --triton-url HOST:8001 --model-name NAME
     python -m ingestion.bulk LIST.csv --gallery DIR --artifact DIR          # path,person_id,camera_id[,captured_at,track_id]
     python -m ingestion.bulk FOLDER --gallery DIR --artifact DIR --ray [ADDRESS]   # on Ray Data (ingestion.ray_bulk)
+    python -m ingestion.bulk FOLDER --gallery DIR --artifact DIR --keep-crops     # also keep each file's bytes
     python -m ingestion.bulk FOLDER --gallery milvus://HOST:19530/reid --artifact DIR  # or a Milvus Lite .db file
 
 Labels come from Market-1501 names (0002_c1s1_000451_03.jpg: person 0002, camera 1), DukeMTMC-reID names
@@ -13,6 +14,13 @@ decoder the API uses), embedded in batches through any Embedder and added in bat
 adds nothing twice: a file whose sha256 is already in the gallery is a duplicate. Bad files are skipped
 with their reasons; nothing outside FOLDER is read (symlinks out of it and "../" or absolute manifest
 paths are refused).
+
+--keep-crops keeps the bytes of every file it adds in the gallery's crop store (index/crops.py; the folder the
+API uses with REID_KEEP_CROPS: --crops-dir, else REID_CROPS_DIR, else <gallery>/crops), written before the
+gallery add as the API does, so an item never exists without its crop; ``python -m ingestion.reembed`` rebuilds
+the gallery for another model from them and ``GET /v1/gallery/{id}/image`` serves them. A batch that would pass
+the store's cap (--crops-max-bytes, else REID_CROPS_MAX_BYTES) stops the run with none of that batch added.
+Files the gallery already holds get their crop kept too where it is missing (indexed before without the flag).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from embedders.base import Embedder, create_embedder
 from formats.images import ImageError, decode_image, resize
 from formats.names import camera_in_name, is_image_file, parse_dataset_name
 from index import Gallery, open_gallery
+from index.crops import DEFAULT_MAX_BYTES, CropStore, CropStoreFull, crops_folder
 from index.errors import ModelMismatch
 from index.records import Record
 
@@ -197,6 +206,7 @@ class _Prepared:
     content_hash: str | None = None
     pixels: np.ndarray | None = None
     skip: str | None = None
+    data: bytes | None = None  # the file's bytes, held only when its crop is to be kept
 
 
 def read_or_skip(root: Path, rel: str) -> tuple[bytes | None, str | None]:
@@ -221,7 +231,7 @@ def record_of(item: Item, content_hash: str) -> Record:
     )
 
 
-def _prepare(root: Path, item: Item, height: int, width: int) -> _Prepared:
+def _prepare(root: Path, item: Item, height: int, width: int, keep_bytes: bool = False) -> _Prepared:
     data, skip = read_or_skip(root, item.rel)
     if data is None:
         return _Prepared(item, skip=skip)
@@ -230,7 +240,34 @@ def _prepare(root: Path, item: Item, height: int, width: int) -> _Prepared:
         pixels = resize(decode_image(data), height, width)
     except ImageError as exc:
         return _Prepared(item, content_hash, skip=f"{exc.code}: {exc.message}")
-    return _Prepared(item, content_hash, pixels)
+    return _Prepared(item, content_hash, pixels, data=data if keep_bytes else None)
+
+
+def keep_crops(
+    crops: CropStore, root: Path, files: Sequence[tuple[str, str]], blobs: Sequence[bytes] | None = None
+) -> list[str | None]:
+    """Keep the bytes of files about to be added to the gallery, before the add (as the API does), so an item
+    never exists without its crop. The one crop-keeping step of both bulk paths.
+
+    ``files`` are (path relative to root, content hash); ``blobs`` their bytes where the caller still holds them,
+    else each file is read again (the Ray driver, whose workers hashed it). Returns, per file, None when its crop
+    is kept, else why it must not be added (gone, or other bytes than were hashed). Raises CropStoreFull, with
+    none of them kept, when they would pass the store's cap."""
+    reasons: list[str | None] = []
+    keep = []
+    for i, (rel, digest) in enumerate(files):
+        if blobs is not None:
+            data, reason = blobs[i], None
+        else:
+            data, reason = read_or_skip(root, rel)
+            if data is not None and hashlib.sha256(data).hexdigest() != digest:
+                data, reason = None, "changed while it was being indexed"
+        reasons.append(reason)
+        if data is not None:
+            keep.append(data)
+    if keep:
+        crops.put_many(keep)
+    return reasons
 
 
 async def index_items(
@@ -242,6 +279,7 @@ async def index_items(
     batch_size: int = 64,
     workers: int | None = None,
     progress: bool = False,
+    crops: CropStore | None = None,
 ) -> Summary:
     """Index items (paths relative to root) with a started embedder; see index_folder."""
     spec = embedder.spec
@@ -263,7 +301,10 @@ async def index_items(
     ):
 
         def schedule(batch):
-            return asyncio.gather(*(loop.run_in_executor(pool, _prepare, root, it, height, width) for it in batch))
+            keep = crops is not None
+            return asyncio.gather(
+                *(loop.run_in_executor(pool, _prepare, root, it, height, width, keep) for it in batch)
+            )
 
         pending = schedule(batches[0]) if batches else None
         for b in range(len(batches)):
@@ -282,6 +323,20 @@ async def index_items(
                 else:
                     seen.add(p.content_hash)
                     fresh.append(p)
+            if crops is not None:
+                # The new files' crops before their add. Files the gallery already holds get theirs too, so a rerun
+                # with --keep-crops fills the store of a gallery indexed without it (a kept crop is not rewritten).
+                held = [p for p in prepared if p.data is not None and p.content_hash in known]
+                files = [(p.item.rel, p.content_hash) for p in fresh + held]
+                try:
+                    await asyncio.to_thread(keep_crops, crops, root, files, [p.data for p in fresh + held])
+                except CropStoreFull as exc:
+                    raise CropStoreFull(
+                        f"{exc}; stopped before adding {len(fresh)} files, after {summary.indexed} added with "
+                        f"their crops"
+                    ) from exc
+                for p in prepared:
+                    p.data = None
             if fresh:
                 xb = await embedder.embed(np.stack([p.pixels for p in fresh]))
                 records = [record_of(p.item, p.content_hash) for p in fresh]
@@ -314,14 +369,16 @@ async def index_folder(
     workers: int | None = None,
     layout: Layout = "auto",
     progress: bool = False,
+    crops: CropStore | None = None,
 ) -> Summary:
     """Index a folder of crops, or a CSV manifest, into the gallery with a started embedder.
 
-    Idempotent and resumable: files whose content hash the gallery holds are counted as duplicates.
+    Idempotent and resumable: files whose content hash the gallery holds are counted as duplicates. With
+    ``crops``, each added file's bytes are kept there first (keep_crops); CropStoreFull stops it between batches.
     """
     root, items, skipped = find_items(folder, layout)
     summary = await index_items(
-        root, items, gallery, embedder, batch_size=batch_size, workers=workers, progress=progress
+        root, items, gallery, embedder, batch_size=batch_size, workers=workers, progress=progress, crops=crops
     )
     summary.skipped[:0] = skipped
     return summary
@@ -358,6 +415,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "this process, 'auto' or ray://HOST:10001 joins a running cluster",
     )
     p.add_argument("--ray-actors", type=int, help="embedding actors on Ray (default: one per CPU of the cluster)")
+    p.add_argument(
+        "--keep-crops",
+        action="store_true",
+        help="keep each added file's bytes in the crop store the API serves and reembed reads (index/crops.py)",
+    )
+    p.add_argument(
+        "--crops-dir", type=Path, help="where crops are kept (default: REID_CROPS_DIR, else <gallery folder>/crops)"
+    )
+    p.add_argument(
+        "--crops-max-bytes",
+        type=int,
+        help=f"the crop store's cap (default: REID_CROPS_MAX_BYTES, else {DEFAULT_MAX_BYTES})",
+    )
     args = p.parse_args(argv)
     if args.backend == "onnx" and args.artifact is None:
         p.error("the onnx backend needs --artifact")
@@ -367,6 +437,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--batch-size must be at least 1")
     if args.ray_actors is not None and (args.ray is None or args.ray_actors < 1):
         p.error("--ray-actors needs --ray and must be at least 1")
+    if not args.keep_crops and (args.crops_dir is not None or args.crops_max_bytes is not None):
+        p.error("--crops-dir and --crops-max-bytes need --keep-crops")
+    if args.keep_crops:
+        # The API's settings (REID_CROPS_DIR, REID_CROPS_MAX_BYTES) by default, so the server finds these crops.
+        try:
+            args.crops_dir = crops_folder(args.gallery, args.crops_dir or os.environ.get("REID_CROPS_DIR") or None)
+            cap = args.crops_max_bytes or int(os.environ.get("REID_CROPS_MAX_BYTES") or DEFAULT_MAX_BYTES)
+        except ValueError as exc:
+            p.error(str(exc))
+        if args.crops_dir is None:
+            p.error("--keep-crops with a Milvus gallery needs --crops-dir (a collection has no folder)")
+        if cap < 1:
+            p.error("--crops-max-bytes must be at least 1")
+        args.crops_max_bytes = cap
+        if args.ray is not None:
+            # ingestion.ray_bulk does not take a crop store yet; its driver would call keep_crops before add_new.
+            p.error("--keep-crops does not run on Ray yet: index without --ray")
     return args
 
 
@@ -406,6 +493,7 @@ async def _run(args: argparse.Namespace) -> Summary:
                 workers=args.workers,
                 layout=args.layout,
                 progress=not args.no_progress,
+                crops=CropStore.open(args.crops_dir, args.crops_max_bytes) if args.keep_crops else None,
             )
     finally:
         await embedder.close()
@@ -414,7 +502,15 @@ async def _run(args: argparse.Namespace) -> Summary:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.ray is None:
-        summary = asyncio.run(_run(args))
+        try:
+            summary = asyncio.run(_run(args))
+        except CropStoreFull as exc:
+            print(
+                f"ingestion.bulk: stopped: the crop store {args.crops_dir} is full: {exc}.\n"
+                "Raise --crops-max-bytes (or free space) and run again: files already added are skipped.",
+                file=sys.stderr,
+            )
+            return 1
     else:
         from ingestion.ray_bulk import ray_session
 

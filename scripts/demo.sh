@@ -62,12 +62,14 @@ with open(root / "demo_gallery.csv", "w", newline="") as f:
 (root / "demo_left_out.txt").write_text("\n".join(left_out) + "\n")
 print(f"{len(people) - len(left_out)} people enrolled, {len(left_out)} left out: {' '.join(left_out)}")
 EOF
-$PY -m ingestion.bulk "$DATA/demo_gallery.csv" --gallery "$GALLERY_DIR" --artifact "$ARTIFACT"
+# --keep-crops: the gallery keeps its images (GALLERY_DIR/crops), to show (reid search --show) and to rebuild for
+# another model (reid gallery reembed).
+$PY -m ingestion.bulk "$DATA/demo_gallery.csv" --gallery "$GALLERY_DIR" --artifact "$ARTIFACT" --keep-crops
 # What the gallery's own people say (leave one identity out; a dry run: the searches below use the artifact's).
 .venv/bin/reid calibrate "$GALLERY_DIR" --far "$TARGET_FAR" --dry-run
 
 step "5/5 serve on 127.0.0.1:$PORT at target FAR $TARGET_FAR; search an enrolled person and one left out"
-REID_TARGET_FAR="$TARGET_FAR" REID_ARTIFACT="$ARTIFACT" REID_GALLERY_DIR="$GALLERY_DIR" \
+REID_TARGET_FAR="$TARGET_FAR" REID_ARTIFACT="$ARTIFACT" REID_GALLERY_DIR="$GALLERY_DIR" REID_KEEP_CROPS=true \
   $PY -m server --host 127.0.0.1 --port "$PORT" --log-level warning &
 server=$!
 stop_server() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }

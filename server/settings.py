@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from formats.images import ImageLimits
 from index.backends import parse_uri
+from index.crops import crops_folder
 from index.metadata import MAX_DEPTH, Limits
 
 MAX_TOP_K = 100  # hard ceiling; the OpenAPI schema documents it
@@ -149,12 +150,7 @@ class Settings(BaseSettings):
     @property
     def crops_root(self) -> Path | None:
         """Where kept crops live: crops_dir, else <gallery folder>/crops; None for a Milvus gallery without one."""
-        if self.crops_dir is not None:
-            return self.crops_dir
-        uri = str(getattr(self, "gallery_uri", None) or "")
-        if uri.startswith("milvus://") or uri.endswith(".db"):
-            return None
-        return Path(uri or self.gallery_dir) / "crops"
+        return crops_folder(self.gallery_location, self.crops_dir)
 
     @property
     def metadata_limits(self) -> Limits:

@@ -1,17 +1,22 @@
 """Bulk indexing of a folder with bad files, twice; a CSV manifest through the command line."""
 
 import asyncio
+import hashlib
 import json
 import os
 from pathlib import Path, PurePosixPath
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
+from client.cli import main as cli_main
 from embedders.base import create_embedder
+from index.crops import CropStore
 from index.gallery import Gallery
 from ingestion.bulk import index_folder, labels_from_path, main
+from tests.support import LiveServer, gallery_settings
 
 
 def crop(seed: int, height: int = 128, width: int = 64) -> bytes:
@@ -20,6 +25,23 @@ def crop(seed: int, height: int = 128, width: int = 64) -> bytes:
     ok, data = cv2.imencode(".jpg", pixels)
     assert ok
     return data.tobytes()
+
+
+GOOD = [  # the decodable files of the crops fixture, one per distinct content
+    "0001_c1s1_000010_00.jpg",
+    "0001_c2s1_000020_00.jpg",
+    "0002_c1s1_000030_00.jpg",
+    "0002_c3s1_000040_00.jpg",
+    "0007_c2_f0001234.jpg",
+    "person9/anything_c4.jpg",
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_crop_settings(monkeypatch):
+    """--keep-crops defaults to the API's crop settings; these tests give theirs explicitly."""
+    monkeypatch.delenv("REID_CROPS_DIR", raising=False)
+    monkeypatch.delenv("REID_CROPS_MAX_BYTES", raising=False)
 
 
 @pytest.fixture
@@ -142,3 +164,100 @@ def test_cli_indexes_a_csv_manifest(tmp_path, tiny_artifact, capsys):
     assert records[0].captured_at == 1767323045.0 and records[1].captured_at == 1767323045.5
     assert main(args) == 0  # again: all duplicates
     assert json.loads((tmp_path / "summary.json").read_text())["duplicates"] == 3
+
+
+# -- kept crops ----------------------------------------------------------------------------------------------
+
+
+def _kept_files(store_root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under a crop store (temporaries included) with its inode and modification time."""
+    return {
+        str(p.relative_to(store_root)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in store_root.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_keep_crops_through_reid_index_then_the_api_serves_the_exact_bytes(tmp_path, crops, tiny_artifact, capsys):
+    root, canary = crops
+    gallery = tmp_path / "gallery"
+    index = ["index", str(root), "--gallery", str(gallery), "--artifact", str(tiny_artifact)]
+    assert cli_main(index[:2] + ["--keep-crops"]) == 2  # through the API it is the server's setting
+    assert "needs --gallery" in capsys.readouterr().err
+    assert cli_main([*index, "--keep-crops"]) == 0
+
+    store = CropStore.open(gallery / "crops")
+    good = {name: (root / name).read_bytes() for name in GOOD}
+    assert set(store.hashes()) == {hashlib.sha256(data).hexdigest() for data in good.values()}
+    assert store.get(hashlib.sha256(canary.read_bytes()).hexdigest()) is None  # never read, never kept
+    before = _kept_files(gallery / "crops")
+
+    # Again, in process: nothing added, no crop written (same files, same inodes, same times, no temporaries).
+    args = [str(root), "--gallery", str(gallery), "--artifact", str(tiny_artifact), "--keep-crops", "--no-progress"]
+    assert main([*args, "--summary-json", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["indexed"] == 0 and again["duplicates"] == 7
+    assert _kept_files(gallery / "crops") == before
+
+    settings = gallery_settings(gallery, artifact=tiny_artifact, keep_crops=True)
+    with LiveServer(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/v1/gallery").json()["count"] == len(good)
+        served = {}
+        for item_id in range(1, len(good) + 1):
+            item = client.get(f"/v1/gallery/{item_id}").json()
+            image = client.get(f"/v1/gallery/{item_id}/image")
+            assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+            served[item["source"]] = image.content
+    assert served == good
+
+
+def test_keep_crops_fills_the_store_of_a_gallery_indexed_without_it(tmp_path, crops, tiny_artifact):
+    root, _ = crops
+    gallery = tmp_path / "gallery"
+    args = [str(root), "--gallery", str(gallery), "--artifact", str(tiny_artifact), "--no-progress"]
+    assert main(args) == 0
+    assert not (gallery / "crops").exists()
+    assert main([*args, "--keep-crops", "--crops-dir", str(tmp_path / "kept")]) == 0
+    with Gallery.open(gallery, readonly=True) as g:
+        hashes = {g.get(i).content_hash for i in range(1, len(g) + 1)}
+    assert len(hashes) == len(GOOD) and set(CropStore.open(tmp_path / "kept").hashes()) == hashes
+
+
+def test_a_full_crop_store_stops_before_the_batch_that_does_not_fit(tmp_path, crops, tiny_artifact, capsys):
+    root, _ = crops
+    gallery, kept = tmp_path / "gallery", tmp_path / "kept"
+    # Batches of 4 files in name order: the last holds 0007_c2_f0001234.jpg and person9/anything_c4.jpg.
+    last = ["0007_c2_f0001234.jpg", "person9/anything_c4.jpg"]
+    cap = sum((root / name).stat().st_size for name in GOOD) - 1
+    args = [str(root), "--gallery", str(gallery), "--artifact", str(tiny_artifact), "--no-progress", "--keep-crops"]
+    args += ["--crops-dir", str(kept), "--batch-size", "4"]
+    assert main([*args, "--crops-max-bytes", str(cap)]) == 1
+    err = capsys.readouterr().err
+    assert "crop store" in err and "full" in err and f"cap of {cap} bytes" in err and "run again" in err
+
+    def state():
+        with Gallery.open(gallery, readonly=True) as g:
+            records = [g.get(i) for i in range(1, len(g) + 1)]
+        return {r.source for r in records}, {r.content_hash for r in records}, set(CropStore.open(kept).hashes())
+
+    sources, hashes, kept_hashes = state()
+    assert sources == set(GOOD) - set(last)  # the batches before it, whole; none of it
+    assert kept_hashes == hashes  # no item without its crop, no crop of an item that was not added
+
+    assert main(args) == 0  # the default cap: it resumes where it stopped
+    sources, hashes, kept_hashes = state()
+    assert sources == set(GOOD) and kept_hashes == hashes
+
+
+def test_keep_crops_arguments_are_checked(tmp_path, tiny_artifact, capsys):
+    base = [str(tmp_path), "--artifact", str(tiny_artifact)]
+    refused = {
+        "need --keep-crops": [*base, "--gallery", str(tmp_path / "g"), "--crops-dir", str(tmp_path / "c")],
+        "needs --crops-dir": [*base, "--gallery", "milvus://127.0.0.1:19530/people", "--keep-crops"],
+        "not run on Ray": [*base, "--gallery", str(tmp_path / "g"), "--keep-crops", "--ray"],
+        "at least 1": [*base, "--gallery", str(tmp_path / "g"), "--keep-crops", "--crops-max-bytes", "-5"],
+    }
+    for message, argv in refused.items():
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2 and message in capsys.readouterr().err, message
