@@ -1,4 +1,5 @@
-"""End-to-end search latency over HTTP: p50/p99 and requests/s at each concurrency.
+"""End-to-end search latency over HTTP: p50/p95/p99 and requests/s at each concurrency (with the server's own
+decode / embed / search times, so the report can tell the request path's overhead from the model's time).
 
 Against a running server:
     python -m client.bench --url http://127.0.0.1:8000 --images data/synth/query --concurrency 1,8 --requests 200
@@ -48,6 +49,7 @@ async def measure(
     """``requests`` searches spread over ``concurrency`` workers; latency of each, wall time of all. The warm-up
     searches (``warmup``) must succeed; the measured ones are counted by status."""
     latencies: list[float] = []
+    server_ms: dict[str, list[float]] = {"decode": [], "embed": [], "search": []}  # as the server timed them
     statuses: Counter[str] = Counter()
     next_index = 0
 
@@ -60,9 +62,11 @@ async def measure(
                 next_index += 1
                 start = time.perf_counter()
                 try:
-                    await reid.search(images[i % len(images)], top_k=10)
+                    result = await reid.search(images[i % len(images)], top_k=10)
                     statuses["200"] += 1
                     latencies.append(time.perf_counter() - start)
+                    for step in server_ms:
+                        server_ms[step].append(getattr(result.timings, f"{step}_ms"))
                 except ReIDError as exc:
                     statuses[str(exc.status or exc.code)] += 1
 
@@ -79,8 +83,10 @@ async def measure(
         "ok": len(latencies),
         "statuses": dict(statuses),
         "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+        "p95_ms": round(float(np.percentile(ms, 95)), 2) if len(ms) else None,
         "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
         "mean_ms": round(float(ms.mean()), 2) if len(ms) else None,
+        **{f"server_{step}_p50_ms": round(float(np.median(v)), 3) if v else None for step, v in server_ms.items()},
         "requests_per_s": round(len(latencies) / wall, 1),
     }
 
@@ -103,7 +109,7 @@ def run_all(url: str, args: argparse.Namespace, images: list[bytes], label: str)
         row["backend"] = label
         results.append(row)
         print(
-            f"{label:<8} c={concurrency:<3} p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  "
+            f"{label:<8} c={concurrency:<3} p50 {row['p50_ms']} ms  p95 {row['p95_ms']} ms  p99 {row['p99_ms']} ms  "
             f"{row['requests_per_s']} req/s  statuses {row['statuses']}",
             flush=True,
         )

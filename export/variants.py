@@ -172,7 +172,22 @@ def _quantisable(model: onnx.ModelProto) -> onnx.ModelProto:
         nodes.extend(replacement or [node])
     del graph.node[:]
     graph.node.extend(nodes)
+    used = _inputs_used(graph)
+    kept = [t for t in graph.initializer if t.name in used]  # the replaced BatchNorms' parameters go
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     return model
+
+
+def _inputs_used(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node reads, subgraphs (If, Loop, Scan bodies) included: they may read outer initializers."""
+    used = set()
+    for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                used |= _inputs_used(sub)
+    return used
 
 
 def _attribute(node: onnx.NodeProto, name: str, default):
