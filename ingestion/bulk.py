@@ -405,7 +405,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores, at most 4)")
     p.add_argument("--layout", choices=["auto", "names", "folders"], default="auto")
     p.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (there is none unless on a terminal)")
     p.add_argument(
         "--ray",
         nargs="?",
@@ -483,7 +483,7 @@ async def _run(args: argparse.Namespace) -> Summary:
                     batch_size=args.batch_size,
                     actors=args.ray_actors,
                     layout=args.layout,
-                    progress=not args.no_progress,
+                    progress=not args.no_progress and sys.stderr.isatty(),  # logs get the summary only
                 )
             return await index_folder(
                 args.folder,
@@ -492,7 +492,7 @@ async def _run(args: argparse.Namespace) -> Summary:
                 batch_size=args.batch_size,
                 workers=args.workers,
                 layout=args.layout,
-                progress=not args.no_progress,
+                progress=not args.no_progress and sys.stderr.isatty(),  # logs get the summary only
                 crops=CropStore.open(args.crops_dir, args.crops_max_bytes) if args.keep_crops else None,
             )
     finally:

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -756,6 +757,7 @@ def main(argv: list[str] | None = None) -> None:
         distractors=args.distractors,
         workers=args.workers,
         overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),  # a bar for people; logs and pipes get the summary line only
     )
     counts = json.loads((out / "synth.json").read_text())["images"]
     print(f"wrote {out}: " + ", ".join(f"{split} {n}" for split, n in counts.items()))

@@ -16,6 +16,7 @@ import bisect
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -350,7 +351,9 @@ def train(cfg: TrainConfig) -> Path:
             group["lr"] = lr
         td.sampler.set_epoch(epoch)
         started = time.time()
-        with tqdm(total=td.iters, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not rt.main, leave=False) as bar:
+        # a bar for people on a terminal; logs get the one-line summary per epoch below
+        terminal = rt.main and sys.stderr.isatty()
+        with tqdm(total=td.iters, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not terminal, leave=False) as bar:
             stats = train_one_epoch(net, t, td, rt, bar)
         seconds = time.time() - started
         images_per_s = stats["iters"] * cfg.ids_per_batch * cfg.images_per_id / seconds
