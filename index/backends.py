@@ -20,7 +20,7 @@ from index.errors import GalleryError
 from index.protocol import Gallery
 
 DEFAULT_COLLECTION = "gallery"  # the collection of a Milvus Lite file
-EMBEDDED_ONLY = frozenset({"threads", "gpu", "snapshot_every", "allow_missing_log"})  # ignored by Milvus
+EMBEDDED_ONLY = frozenset({"threads", "gpu", "snapshot_every"})  # ignored by Milvus
 COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # Milvus' rule for collection names
 
 
@@ -86,8 +86,9 @@ def open_gallery(
     """The gallery at ``uri``: created with ``factory`` when model_id and dim are given and it does not exist yet,
     refused with ModelMismatch when it holds another model or dim. Without model_id and dim it must exist.
 
-    Options: nprobe and ef_search (both backends); threads, gpu, snapshot_every and allow_missing_log (the
-    embedded store's; a Milvus gallery ignores them).
+    Options: nprobe, ef_search and allow_missing_log (both backends: start empty where the gallery's store of
+    record is gone while there is evidence it held items); threads, gpu and snapshot_every (the embedded store's;
+    a Milvus gallery ignores them).
     """
     target = uri if isinstance(uri, GalleryURI) else parse_uri(uri, collection=collection)
     if (model_id is None) != (dim is None):
@@ -106,7 +107,7 @@ def open_gallery(
                     raise
             return gallery
         return EmbeddedGallery.open_or_create(target.path, model_id=model_id, dim=dim, factory=factory, **options)
-    unknown = set(options) - {"nprobe", "ef_search"} - EMBEDDED_ONLY
+    unknown = set(options) - {"nprobe", "ef_search", "allow_missing_log"} - EMBEDDED_ONLY
     if unknown:
         raise TypeError(f"unknown gallery options {sorted(unknown)}")
     try:
@@ -120,4 +121,5 @@ def open_gallery(
         factory=factory,
         nprobe=options.get("nprobe"),
         ef_search=options.get("ef_search"),
+        allow_missing_log=bool(options.get("allow_missing_log")) and model_id is not None and not readonly,
     )

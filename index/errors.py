@@ -24,3 +24,8 @@ class GalleryLocked(GalleryError):  # noqa: N818 (the shared contract's names)
 
 class InvalidVector(GalleryError, ValueError):  # noqa: N818 (named like the contract's errors)
     """A vector with NaN or inf, zero norm, or the wrong shape."""
+
+
+class GalleryUnavailable(GalleryError):  # noqa: N818 (named like the contract's errors)
+    """The service holding the gallery cannot answer now (connection lost, server down, overloaded or timed out);
+    nothing was changed by the failed call beyond what an interrupted write may leave. Worth retrying later."""

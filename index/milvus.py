@@ -18,6 +18,21 @@ processes that take turns share one sequence; two processes reserving at the sam
 one writing process per collection (the embedded store enforces the same with its lock file). add_new's
 content-hash check and insert run under one lock: atomic within a process.
 
+Errors: every public method (and open) turns what pymilvus or gRPC raises into the gallery's errors at one
+boundary (``_milvus_boundary``): a connection lost, a server unavailable, overloaded or timed out is
+GalleryUnavailable (the API answers 503 with Retry-After); the collection gone while open (dropped) is MissingLog,
+never an empty answer; anything else Milvus refuses is a GalleryError.
+
+A dropped collection is not created again empty. Milvus keeps no file of ours beside a collection, so the
+database keeps the evidence: a database property ``reid.gallery.<collection>`` says the collection held items
+(written before its first rows are inserted, and on opening a gallery that holds items). Opening a collection
+that is missing while that property says it held items is refused with MissingLog, as the embedded store refuses a
+folder whose log is gone; ``allow_missing_log=True`` (REID_GALLERY_ALLOW_MISSING_LOG) starts it empty on purpose.
+
+Metadata is checked on the way in with index.metadata.check (NaN, infinity, depth beyond MAX_DEPTH and integers
+beyond 64 bits, which Milvus' JSON cannot hold, are refused with MetadataError before anything is written) and on
+the way out: a stored value that could not be served reads as ``{"_unreadable": reason}``, as in the embedded store.
+
 Index types by the same factory strings as the embedded store (Flat -> FLAT, IVF{n},Flat -> IVF_FLAT,
 IVF{n},PQ{m} -> IVF_PQ, HNSW{M} -> HNSW), or any Milvus index type by name, with parameters after a colon,
 passed through unchanged (GPU_CAGRA:intermediate_graph_degree=64, GPU_IVF_FLAT:nlist=1024, DISKANN).
@@ -25,20 +40,28 @@ passed through unchanged (GPU_CAGRA:intermediate_graph_degree=64, GPU_IVF_FLAT:n
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import logging
 import math
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from time import time
 
+import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus.exceptions import CollectionNotExistException, ConnectError, ErrorCode, MilvusUnavailableException
 
+from index import metadata as meta
 from index.backends import GalleryURI
-from index.errors import GalleryError, InvalidVector, ModelMismatch
+from index.errors import GalleryError, GalleryUnavailable, InvalidVector, MissingLog, ModelMismatch
 from index.records import Hit, Record, SearchFilter
+
+log = logging.getLogger(__name__)
 
 METRIC = "inner_product"
 FORMAT = "1"
@@ -55,6 +78,66 @@ HNSW_EF_CONSTRUCTION = 200
 TEXT_FIELDS = ("person_id", "camera_id", "track_id", "source", "content_hash")
 RECORD_FIELDS = [*TEXT_FIELDS, "captured_at", "added_at", "metadata"]
 PASS_THROUGH = re.compile(r"([A-Z][A-Z0-9_]*)(?::(.*))?")
+DATABASE = "default"  # a gallery URI names no database: every collection lives in Milvus' default one
+HELD_ITEMS = PROP + "gallery."  # database property per collection: the evidence that it held items
+# Milvus' JSON holds 64-bit integers only: a longer one would be refused by the client after validation passed.
+STORED_METADATA = dataclasses.replace(meta.STORABLE, int64=True)
+_REPORTED: set[tuple[str, str, int]] = set()  # (uri, collection, id) of stand-ins served, logged once each
+_REPORTED_MAX = 10_000
+
+# -- errors: pymilvus and gRPC -> the gallery's ------------------------------------------------------------------
+
+FAILURES = (MilvusException, grpc.RpcError, grpc.FutureTimeoutError, ConnectionError, TimeoutError)
+# pymilvus' "could not connect" (Status.CONNECT_FAILED) and Milvus' "service unavailable" are both code 2.
+UNAVAILABLE_CODES = frozenset({2, ErrorCode.RATE_LIMIT})
+UNAVAILABLE_GRPC = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+def gallery_error(exc: BaseException, target: GalleryURI) -> GalleryError:
+    """The gallery's error for what the Milvus client raised (its message for logs: the API answers its own)."""
+    if isinstance(exc, grpc.RpcError):  # a grpc.Call in practice; the bare base class has neither method
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        message = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    elif isinstance(exc, MilvusException):
+        code, message = exc.code, exc.message
+    else:
+        code, message = None, str(exc) or type(exc).__name__
+    if isinstance(exc, CollectionNotExistException) or code == ErrorCode.COLLECTION_NOT_FOUND:
+        return MissingLog(
+            f"collection {target.collection!r} is gone while the gallery was open (dropped?): refused rather than"
+            " served empty; restore it, or reopen with allow_missing_log=True to start an empty gallery"
+        )
+    unavailable = (
+        isinstance(exc, ConnectError | MilvusUnavailableException | grpc.FutureTimeoutError | ConnectionError)
+        or isinstance(exc, TimeoutError)
+        or (isinstance(exc, MilvusException) and exc.retriable and not exc.is_input_error)
+        or code in UNAVAILABLE_GRPC
+        or (isinstance(code, int) and code in UNAVAILABLE_CODES)
+    )
+    if unavailable:
+        return GalleryUnavailable(f"Milvus at {target} is unavailable: {message}")
+    return GalleryError(f"Milvus refused a request on {target}: {message}")
+
+
+def _milvus_boundary(method: Callable) -> Callable:
+    """Raise the gallery's errors, never the client's: wraps each public method of MilvusGallery."""
+
+    @functools.wraps(method)
+    def wrapper(self: MilvusGallery, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except FAILURES as exc:
+            raise gallery_error(exc, self.target) from exc
+
+    return wrapper
 
 
 def milvus_index(factory: str, dim: int) -> tuple[str, dict]:
@@ -174,6 +257,8 @@ class MilvusGallery:
         self._count = 0
         self._unflushed = 0
         self._closed = False
+        self._marked = False  # the database records that this collection holds items
+        self._recovered: list[str] = []
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -187,8 +272,11 @@ class MilvusGallery:
         factory: str = "Flat",
         nprobe: int | None = None,
         ef_search: int | None = None,
+        allow_missing_log: bool = False,
     ) -> MilvusGallery:
-        """Open the collection (created when model_id and dim are given and it does not exist)."""
+        """Open the collection, or create it when model_id and dim are given and it does not exist. A collection
+        that is missing while the database records that it held items is refused (MissingLog) unless
+        ``allow_missing_log``: then it starts empty."""
         if target.kind == "milvus-lite":
             target.path.parent.mkdir(parents=True, exist_ok=True)
             uri = str(target.path.resolve())
@@ -196,24 +284,32 @@ class MilvusGallery:
             uri = target.address
         try:
             client = MilvusClient(uri=uri, token=target.token or "")
-        except MilvusException as exc:
-            raise GalleryError(f"cannot reach Milvus at {target}: {exc.message}") from exc
+        except FAILURES as exc:
+            raise gallery_error(exc, target) from exc
         gallery = cls(client, target, nprobe=nprobe, ef_search=ef_search)
         try:
-            gallery._open_or_create(model_id, dim, factory)
-        except MilvusException as exc:
-            gallery._client.close()
-            raise GalleryError(f"Milvus refused {target}: {exc.message}") from exc
+            gallery._open_or_create(model_id, dim, factory, allow_missing_log)
         except BaseException:
             gallery._client.close()
             raise
         return gallery
 
-    def _open_or_create(self, model_id: str | None, dim: int | None, factory: str) -> None:
+    @_milvus_boundary
+    def _open_or_create(self, model_id: str | None, dim: int | None, factory: str, allow_missing_log: bool) -> None:
         if not self._client.has_collection(self.collection):
+            held = self._held_items()
+            if held is not None and not allow_missing_log:
+                raise MissingLog(
+                    f"collection {self.collection!r} is missing while the database records that it held items"
+                    f" ({held}); restore it, or open with allow_missing_log=True to start an empty gallery"
+                )
             if model_id is None:
                 raise GalleryError(f"no gallery in {self.target} (collection {self.collection!r} is missing)")
             self._create(model_id, dim, factory)
+            if held is not None:  # nothing is in the new collection: dropping it again loses nothing
+                self._set_held_items(False, model_id)
+                self._recovered.append(f"collection {self.collection!r} was missing ({held}); started empty as allowed")
+                log.warning("gallery %s: %s", self.target, self._recovered[-1])
         description = self._client.describe_collection(self.collection)
         self._props = {k: v for k, v in (description.get("properties") or {}).items() if k.startswith(PROP)}
         missing = [k for k in ("model_id", "dim", "metric", "factory", "next_id") if PROP + k not in self._props]
@@ -230,6 +326,8 @@ class MilvusGallery:
         self._client.load_collection(self.collection)  # a reopened collection starts released
         self._next_id = self._reserved_end = int(self._props[PROP + "next_id"])
         self._count = self._count_rows()
+        if self._next_id > 1:  # ids were handed out: make sure the database records it (older versions did not)
+            self._mark_held_items()
 
     def _create(self, model_id: str, dim: int, factory: str) -> None:
         if not model_id or dim < 1:
@@ -259,6 +357,36 @@ class MilvusGallery:
         self._client.create_collection(
             self.collection, schema=schema, index_params=index, consistency_level="Strong", properties=properties
         )
+
+    # -- the evidence that a collection held items ----------------------------------------------------------
+
+    def _held_items(self) -> str | None:
+        """What the database records about this collection's items (model, when), None if it never held any."""
+        text = self._client.describe_database(DATABASE).get(HELD_ITEMS + self.collection)
+        if text is None:
+            return None
+        try:
+            value = json.loads(text)
+            if not value.get("held_items", True):
+                return None
+            return f"model {value.get('model_id')!r}, since {value.get('since')}"
+        except (ValueError, AttributeError):
+            return "an unreadable record"  # evidence all the same
+
+    def _set_held_items(self, held: bool, model_id: str) -> None:
+        value = {
+            "held_items": held,
+            "model_id": model_id,
+            "since": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self._client.alter_database_properties(DATABASE, {HELD_ITEMS + self.collection: json.dumps(value)})
+
+    def _mark_held_items(self) -> None:
+        """Record that this collection holds items, before its first rows go in (once per open gallery)."""
+        if not self._marked:
+            if self._held_items() is None:
+                self._set_held_items(True, self.model_id)
+            self._marked = True
 
     def check_compatible(self, model_id: str, dim: int | None) -> None:
         if model_id != self.model_id:
@@ -318,10 +446,8 @@ class MilvusGallery:
         now = time()
         rows = []
         for i, x, r in zip(ids, xb, records, strict=True):
-            metadata = r.metadata or {}
-            if not isinstance(metadata, dict):
-                raise ValueError("Record.metadata must be a dict")
-            json.dumps(metadata)  # TypeError before anything is written, if not JSON
+            metadata = {} if r.metadata is None else r.metadata
+            meta.check(metadata, STORED_METADATA)  # MetadataError (a ValueError) before anything is written
             row = {"id": int(i), "vector": x.tolist(), "metadata": metadata}
             for name in TEXT_FIELDS:
                 value = getattr(r, name)
@@ -358,14 +484,17 @@ class MilvusGallery:
         return dict(self._client.describe_collection(self.collection).get("properties") or {})
 
     def _insert(self, rows: list[dict]) -> None:
+        self._mark_held_items()
         for start in range(0, len(rows), 1000):
-            self._client.insert(self.collection, rows[start : start + 1000])
-        self._count += len(rows)
-        self._unflushed += len(rows)
+            chunk = rows[start : start + 1000]
+            self._client.insert(self.collection, chunk)
+            self._count += len(chunk)
+            self._unflushed += len(chunk)
         if self.lite and self._unflushed >= LITE_FLUSH_ROWS:
             self._client.flush(self.collection)
             self._unflushed = 0
 
+    @_milvus_boundary
     def add(self, xb, records: Sequence[Record], *, model_id: str) -> list[int]:
         """Add vectors with their records; returns the new ids once Milvus has acknowledged them."""
         with self._write_mutex:
@@ -387,6 +516,7 @@ class MilvusGallery:
         self._insert(rows)
         return ids
 
+    @_milvus_boundary
     def add_new(self, xb, records: Sequence[Record], *, model_id: str) -> list[tuple[int, bool]]:
         """As the embedded store: each content hash once; the check and the add under the write mutex."""
         records = list(records)
@@ -405,6 +535,7 @@ class MilvusGallery:
         known.update({records[i].content_hash: gid for i, gid in added.items() if records[i].content_hash})
         return [(added[i], True) if i in added else (known[r.content_hash], False) for i, r in enumerate(records)]
 
+    @_milvus_boundary
     def import_items(self, ids: Sequence[int], xb, records: Sequence[Record], *, model_id: str) -> int:
         """Add items under the ids they have in another gallery (reid gallery copy); ids must be new here."""
         ids = [int(i) for i in ids]
@@ -428,6 +559,7 @@ class MilvusGallery:
             self._insert(rows)
         return len(ids)
 
+    @_milvus_boundary
     def remove(self, ids) -> int:
         """Remove the ids that exist; returns how many were removed. Ids are never reused."""
         self._check_open()
@@ -444,10 +576,12 @@ class MilvusGallery:
     def _query(self, expr: str, fields: list[str], limit: int) -> list[dict]:
         return self._client.query(self.collection, filter=expr, output_fields=fields, limit=limit)
 
+    @_milvus_boundary
     def get(self, id: int) -> Record | None:
         self._check_open()
         return None if int(id) < 1 else self.records([int(id)]).get(int(id))
 
+    @_milvus_boundary
     def records(self, ids: Sequence[int]) -> dict[int, Record]:
         """Records of the ids that exist (removed ids are simply absent)."""
         self._check_open()
@@ -456,12 +590,14 @@ class MilvusGallery:
         for start in range(0, len(wanted), 1000):
             chunk = wanted[start : start + 1000]
             for row in self._query(f"id in {_id_list(chunk)}", ["id", *RECORD_FIELDS], len(chunk)):
-                out[int(row["id"])] = _record(row, int(row["id"]))
+                out[int(row["id"])] = self._record(row)
         return out
 
+    @_milvus_boundary
     def find_hash(self, content_hash: str) -> int | None:
         return self.find_hashes([content_hash]).get(content_hash)
 
+    @_milvus_boundary
     def find_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
         """The first id stored under each content hash the gallery holds."""
         self._check_open()
@@ -475,6 +611,7 @@ class MilvusGallery:
                 found[h] = min(i, found.get(h, i))
         return found
 
+    @_milvus_boundary
     def search(self, xq, k: int, filters: SearchFilter | None = None, *, model_id: str) -> list[list[Hit]]:
         """Top-k hits per query, best first, with their records; fewer than k when the gallery runs out."""
         self._check_open()
@@ -494,11 +631,12 @@ class MilvusGallery:
         )
         results = []
         for row in found:
-            hits = [Hit(int(h["id"]), float(h["distance"]), _record(h["entity"], int(h["id"]))) for h in row]
+            hits = [Hit(int(h["id"]), float(h["distance"]), self._record({**h["entity"], "id": h["id"]})) for h in row]
             hits.sort(key=lambda h: (-h.score, h.id))
             results.append(hits)
         return results
 
+    @_milvus_boundary
     def scan(self, after_id: int, limit: int) -> tuple[np.ndarray, np.ndarray, list[Record]]:
         """Up to ``limit`` items with id > after_id, in id order: (ids, unit vectors, records)."""
         self._check_open()
@@ -514,14 +652,16 @@ class MilvusGallery:
         rows = rows[:limit]
         ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
         xb = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), self.dim)
-        return ids, xb, [_record(r, int(r["id"])) for r in rows]
+        return ids, xb, [self._record(r) for r in rows]
 
+    @_milvus_boundary
     def calibration(self) -> dict | None:
         """The verdict calibration stored with ``set_calibration`` (a JSON object), or None (read at open)."""
         self._check_open()
         text = self._props.get(PROP + "calibration")
         return None if text is None else json.loads(text)
 
+    @_milvus_boundary
     def set_calibration(self, calibration: dict) -> None:
         """Store the verdict calibration (index.calibration) as a collection property."""
         self._check_open()
@@ -533,6 +673,7 @@ class MilvusGallery:
     def _count_rows(self) -> int:
         return int(self._client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
+    @_milvus_boundary
     def stats(self) -> dict:
         self._check_open()
         self._count = self._count_rows()
@@ -553,10 +694,12 @@ class MilvusGallery:
             "nprobe": self.nprobe or DEFAULT_NPROBE,
             "ef_search": self.ef_search or DEFAULT_EF_SEARCH,
             "next_id": self._next_id,
+            "recovered": list(self._recovered),
         }
 
     # -- closing -------------------------------------------------------------------------------------------
 
+    @_milvus_boundary
     def close(self) -> None:
         """Flush (Milvus Lite) and close the connection. Safe to call twice."""
         if self._closed:
@@ -570,19 +713,36 @@ class MilvusGallery:
             self._closed = True
             self._client.close()
 
+    def _record(self, row: dict) -> Record:
+        rid = int(row["id"])
+        metadata, reason = served_metadata(row.get("metadata"))
+        if reason:
+            key = (str(self.target), self.collection, rid)
+            if key not in _REPORTED:
+                if len(_REPORTED) < _REPORTED_MAX:
+                    _REPORTED.add(key)
+                log.warning("gallery %s, id %d served with a stand-in: %s", self.target, rid, reason)
+        return Record(
+            person_id=row.get("person_id"),
+            camera_id=row.get("camera_id"),
+            captured_at=row.get("captured_at"),
+            track_id=row.get("track_id"),
+            source=row.get("source"),
+            content_hash=row.get("content_hash"),
+            metadata=metadata,
+            id=rid,
+            added_at=row.get("added_at"),
+        )
 
-def _record(row: dict, rid: int) -> Record:
-    metadata = row.get("metadata") or {}
-    if isinstance(metadata, str | bytes):
-        metadata = json.loads(metadata)
-    return Record(
-        person_id=row.get("person_id"),
-        camera_id=row.get("camera_id"),
-        captured_at=row.get("captured_at"),
-        track_id=row.get("track_id"),
-        source=row.get("source"),
-        content_hash=row.get("content_hash"),
-        metadata=metadata,
-        id=rid,
-        added_at=row.get("added_at"),
-    )
+
+def served_metadata(stored: object) -> tuple[dict, str | None]:
+    """(metadata, None) for a stored value that can be served, ({"_unreadable": reason}, reason) otherwise; never
+    raises. Milvus hands JSON back parsed, so a parsed value gets the check index.metadata.decode applies to text."""
+    if isinstance(stored, dict):
+        try:
+            meta.check(stored)
+        except meta.MetadataError as exc:
+            reason = f"the stored metadata cannot be served: {exc}"
+            return {meta.UNREADABLE: reason}, reason
+        return stored, None
+    return meta.decode(stored)

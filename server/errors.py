@@ -17,7 +17,7 @@ from starlette.types import Scope
 
 from embedders.base import EmbedderBadResponse, EmbedderDeadline, EmbedderError, EmbedderUnavailable
 from formats.images import ImageDecodeError, ImageFormatError, ImageLimitError
-from index.errors import CorruptGallery, GalleryError, GalleryLocked, ModelMismatch
+from index.errors import CorruptGallery, GalleryError, GalleryLocked, GalleryUnavailable, ModelMismatch
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -99,6 +99,7 @@ ERROR_MAP: list[tuple[type[Exception], int, str | None, str | None, bool]] = [
     (ModelMismatch, 503, "model_mismatch", None, True),
     (GalleryLocked, 503, "gallery_locked", "another process holds the gallery", True),
     (CorruptGallery, 503, "gallery_corrupt", "the gallery is corrupt", True),
+    (GalleryUnavailable, 503, "gallery_unavailable", "the gallery's database is unavailable", True),
     (GalleryError, 500, "gallery_error", "the gallery failed", False),
 ]
 
