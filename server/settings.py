@@ -75,13 +75,6 @@ class Settings(BaseSettings):
     metadata_max_key_chars: int = Field(128, ge=1)
     metadata_max_value_chars: int = Field(4096, ge=1)
     metadata_max_bytes: int = Field(16 * 1024, ge=2)
-    # Gallery metadata (a JSON object per image), refused with 422 beyond these. Depth counts nested objects and
-    # arrays (a flat object is 1); items counts keys and array elements at every level; bytes is its compact JSON.
-    metadata_max_depth: int = Field(8, ge=1, le=MAX_DEPTH)
-    metadata_max_items: int = Field(256, ge=1)
-    metadata_max_key_chars: int = Field(128, ge=1)
-    metadata_max_value_chars: int = Field(4096, ge=1)
-    metadata_max_bytes: int = Field(16 * 1024, ge=2)
 
     # Deadlines and limits on the way in, enforced by the server that `python -m server` configures (server/main.py
     # uvicorn_config). A slow upload costs a socket and a parked task, never an in-flight slot (admission waits for
@@ -151,17 +144,6 @@ class Settings(BaseSettings):
     def crops_root(self) -> Path | None:
         """Where kept crops live: crops_dir, else <gallery folder>/crops; None for a Milvus gallery without one."""
         return crops_folder(self.gallery_location, self.crops_dir)
-
-    @property
-    def metadata_limits(self) -> Limits:
-        return Limits(
-            max_depth=self.metadata_max_depth,
-            max_items=self.metadata_max_items,
-            max_key_chars=self.metadata_max_key_chars,
-            max_value_chars=self.metadata_max_value_chars,
-            max_bytes=self.metadata_max_bytes,
-            int64=True,
-        )
 
     @property
     def auth_enabled(self) -> bool:
