@@ -1,5 +1,6 @@
 """Installs per stage: the client extra alone gives a working `reid` and `import client`, without torch."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ def test_client_extra_installs_without_torch(tmp_path):
     subprocess.run([*install, f"{ROOT}[client]"], check=True, timeout=900, cwd=tmp_path)
 
     frozen = subprocess.run([str(UV), "pip", "freeze", "--python", str(python)], capture_output=True, text=True)
-    installed = {line.split("==")[0].lower() for line in frozen.stdout.splitlines()}
+    # "name==version", or "name @ file:///..." for the project itself
+    installed = {re.split(r"==| @ ", line)[0].strip().lower() for line in frozen.stdout.splitlines()}
     assert "httpx" in installed and "apnet-reid" in installed
     assert not installed & {"torch", "torchvision", "faiss-cpu", "onnxruntime", "tritonclient", "fastapi"}
 
