@@ -87,6 +87,8 @@ async def measure(
         "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
         "mean_ms": round(float(ms.mean()), 2) if len(ms) else None,
         **{f"server_{step}_p50_ms": round(float(np.median(v)), 3) if v else None for step, v in server_ms.items()},
+        # everything but the model step, request by request: HTTP, parsing, decode, gallery search, response
+        "outside_embed_p50_ms": round(float(np.median(ms - np.array(server_ms["embed"]))), 3) if len(ms) else None,
         "requests_per_s": round(len(latencies) / wall, 1),
     }
 

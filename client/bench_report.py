@@ -6,7 +6,9 @@ Reads, from the folder, whichever of these exist: models.json (python -m export.
 / INT8 / TensorRT at batch 1 and 16, ratios, fraction of the compute floor), api_latency.json (python -m
 client.bench: HTTP search p50/p95/p99 and the server's own timings), embedders.json (python -m embedders.bench),
 index.json (python -m index.bench). Prints one markdown table: the model rows, then the HTTP rows beside the
-model's time alone (ONNX Runtime fp32 at batch 1, what the server runs per query) and the overhead between the two.
+model's time alone (ONNX Runtime fp32 at batch 1, what the server runs per query, measured in-process by
+export.bench), the embed step as the server timed it, and the overhead: at concurrency 1, the median over requests of
+latency less the server-timed embed step (HTTP, parsing, decoding, the gallery search, the response).
 Plots (PNG, matplotlib imported only for them): latency.png (p50/p99 and throughput against concurrency),
 index.png (recall@10 against latency per index type), runtimes.png (images/s per runtime and batch size).
 """
@@ -47,23 +49,26 @@ def table(reports: dict[str, Any]) -> str:
     models, api = reports.get("models"), reports.get("api_latency")
     head = (
         "| path | batch / concurrency | p50 ms | p95 ms | p99 ms | images/s | x eager | x fp32 | % of floor "
-        "| model alone ms | overhead ms |"
+        "| model alone ms | server embed ms | overhead ms |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in (models or {}).get("rows", []):
         floor = r.get("fraction_of_floor")
         lines.append(
             f"| {r['runtime']} | batch {r['batch']} | {r['p50_ms']:.2f} | - | - | {r['images_per_s']:.1f} "
             f"| {_cell(r.get('vs_eager'), '.2f')} | {_cell(r.get('vs_fp32'), '.2f')} "
-            f"| {'-' if floor is None else f'{100 * floor:.0f}%'} | - | - |"
+            f"| {'-' if floor is None else f'{100 * floor:.0f}%'} | - | - | - |"
         )
     alone = model_alone_ms(models)
     for r in (api or {}).get("results", []):
-        overhead = None if alone is None or r.get("p50_ms") is None else r["p50_ms"] - alone
+        # the request path's cost: at c=1, each request's latency less the server-timed model step (at higher
+        # concurrency the difference is mostly queueing)
+        overhead = r.get("outside_embed_p50_ms") if r["concurrency"] == 1 else None
         lines.append(
             f"| HTTP search ({r.get('backend', '?')}) | c={r['concurrency']} | {_cell(r.get('p50_ms'), '.2f')} "
             f"| {_cell(r.get('p95_ms'), '.2f')} | {_cell(r.get('p99_ms'), '.2f')} | {r['requests_per_s']:.1f} "
-            f"| - | - | - | {_cell(alone, '.2f')} | {_cell(overhead, '+.2f')} |"
+            f"| - | - | - | {_cell(alone, '.2f')} | {_cell(r.get('server_embed_p50_ms'), '.2f')} "
+            f"| {_cell(overhead, '.2f')} |"
         )
     notes = []
     if models:
