@@ -251,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="add every crop of a folder (Market-1501 names give person and camera)")
     p.add_argument("folder", type=Path)
     p.add_argument(
-        "--gallery", type=Path, help="write straight into this gallery folder (no server) via ingestion.bulk"
+        "--gallery",
+        help="write straight into this gallery (no server) via ingestion.bulk: a folder, a Milvus Lite .db file "
+        "or milvus://HOST:PORT/COLLECTION (kept as given: a Path would fold the URI's //)",
     )
     p.add_argument("--artifact", type=Path, help="model artifact for --gallery")
     p.add_argument(

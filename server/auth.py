@@ -32,7 +32,7 @@ def _matches(candidate: bytes, keys: list[str]) -> bool:
     return found
 
 
-def caller_role(
+async def caller_role(
     res: ResourcesDep,
     api_key: Annotated[str | None, Security(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
@@ -54,11 +54,11 @@ def caller_role(
 RoleDep = Annotated[Role, Depends(caller_role)]
 
 
-def require_reader(role: RoleDep) -> Role:
+async def require_reader(role: RoleDep) -> Role:
     return role
 
 
-def require_admin(role: RoleDep) -> Role:
+async def require_admin(role: RoleDep) -> Role:
     if role < Role.admin:
         raise APIError(403, "forbidden", "this API key may only read; changing the gallery needs an admin key")
     return role

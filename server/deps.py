@@ -10,14 +10,14 @@ from server.errors import APIError
 from server.resources import Resources
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     return request.app.state.resources
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-def ready_resources(res: ResourcesDep) -> Resources:
+async def ready_resources(res: ResourcesDep) -> Resources:
     if res.gallery is None or res.embedder is None:
         raise APIError(
             503, "not_ready", res.not_ready_reason or "not ready", {"Retry-After": str(res.settings.retry_after_s)}
