@@ -27,7 +27,8 @@ if need "$CKPT/meta.json"; then
   $PY -m training.baseline "$DATA"
 else step "2/5 train: $CKPT exists"; fi
 if ! grep -q '"operating_points"' "$CKPT/meta.json"; then
-  # The verdict's operating points (open set: DIR at FAR 0.1 / 0.01 / 0.001) and dir_far.png, into the checkpoint.
+  # A checkpoint trained before training recorded the verdict's operating points: evaluate it once more to add
+  # them (open set: DIR at FAR 0.1 / 0.01 / 0.001) and dir_far.png.
   $PY -m training.evaluate "$CKPT" --data "$DATA" --write-meta
 fi
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from training.checkpoint import code_version, data_meta, save_checkpoint
 from training.config import TrainConfig, load_config
 from training.data import ImageDataset, PKBatchSampler, ReIDDataset, read_dataset, train_transform
-from training.evaluate import EvalResult, evaluate_model, format_protocols, protocol_gallery
+from training.evaluate import EvalResult, evaluate_model, format_open_set, format_protocols, protocol_gallery
 from training.losses import ReIDLoss
 from training.model import APNet, APNetConfig, load_imagenet_weights
 from training.resume import (
@@ -302,6 +302,8 @@ def evaluate_and_log(cfg: TrainConfig, model: APNet, data: ReIDDataset, rt: Runt
     result = evaluate(cfg, model, data, rt)
     print(f"epoch {epoch}, threshold {result.threshold['score']:.4f} (protocol {result.protocol}):")
     print(format_protocols(result))
+    if result.calibration:
+        print(format_open_set(result))
     log.write(
         {
             "epoch": epoch,
@@ -324,6 +326,7 @@ def write_checkpoint(cfg: TrainConfig, model: APNet, data: ReIDDataset, result: 
         "protocol": result.protocol,
         "metrics_by_protocol": result.by_protocol,
         "threshold": result.threshold,
+        "calibration": result.calibration,  # the verdict's operating points; export copies them into the spec
         "code_version": code_version(),
     }
     save_checkpoint(out_dir, model, meta)

@@ -38,6 +38,8 @@ def test_train_writes_a_checkpoint_with_meta_log_and_resumes(tiny_market, tmp_pa
     assert meta["train"]["epochs"] == 2 and meta["train"]["data_root"] == str(tiny_market)
     assert set(meta["metrics"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
     assert meta["threshold"]["fpr"] == 1e-3 and isinstance(meta["threshold"]["score"], float)
+    # The verdict's operating points from the final evaluation, which export copies into the spec.
+    assert [p["target_far"] for p in meta["calibration"]["operating_points"]] == [0.1, 0.01, 0.001]
     # Both protocols, the standard one in "metrics": the tiny gallery has one distractor, which apnet drops.
     by_protocol = meta["metrics_by_protocol"]
     assert meta["protocol"] == "standard" and meta["metrics"] == _without_gallery(by_protocol["standard"])
