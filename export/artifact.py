@@ -234,19 +234,26 @@ def _parity_root(cfg: ExportConfig, meta: dict[str, Any], spec: ModelSpec) -> It
     if candidate and Path(candidate).is_dir():
         yield Path(candidate), train.get("dataset", "auto"), "checkpoint"
         return
+    with synthetic_parity_set(cfg.seed, spec.input.height, spec.input.width) as root:
+        yield root, "auto", "synthetic"
+
+
+@contextlib.contextmanager
+def synthetic_parity_set(seed: int, height: int, width: int) -> Iterator[Path]:
+    """A small synthetic Market-layout set in a temporary folder, rendered at least 32x16 and at most the model's
+    input size apart, for a gate that has no labelled crops of the user's."""
     from training.synth import generate
 
     with tempfile.TemporaryDirectory(prefix="export-synth-") as tmp:
-        root = generate(
+        yield generate(
             Path(tmp) / "synth",
             ids=SYNTH_IDS,
             cams=SYNTH_CAMS,
-            seed=cfg.seed,
-            height=max(spec.input.height, 32),
-            width=max(spec.input.width, 16),
+            seed=seed,
+            height=max(height, 32),
+            width=max(width, 16),
             progress=False,
         )
-        yield root, "auto", "synthetic"
 
 
 def _check_replaceable(out_dir: Path) -> None:

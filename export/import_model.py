@@ -870,19 +870,9 @@ def _parity_root(cfg: ImportConfig, iface: Interface) -> Iterator[tuple[Path, st
     if cfg.data_root:
         yield Path(cfg.data_root), "config"
         return
-    from export.artifact import SYNTH_CAMS, SYNTH_IDS
-    from training.synth import generate
+    from export.artifact import synthetic_parity_set
 
-    with tempfile.TemporaryDirectory(prefix="import-synth-") as tmp:
-        root = generate(
-            Path(tmp) / "synth",
-            ids=SYNTH_IDS,
-            cams=SYNTH_CAMS,
-            seed=cfg.seed,
-            height=max(iface.height, 32),
-            width=max(iface.width, 16),
-            progress=False,
-        )
+    with synthetic_parity_set(cfg.seed, iface.height, iface.width) as root:
         yield root, "synthetic"
 
 
