@@ -451,9 +451,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if cap < 1:
             p.error("--crops-max-bytes must be at least 1")
         args.crops_max_bytes = cap
-        if args.ray is not None:
-            # ingestion.ray_bulk does not take a crop store yet; its driver would call keep_crops before add_new.
-            p.error("--keep-crops does not run on Ray yet: index without --ray")
     return args
 
 
@@ -469,6 +466,7 @@ async def _run(args: argparse.Namespace) -> Summary:
     await embedder.start()
     try:
         spec = embedder.spec
+        crops = CropStore.open(args.crops_dir, args.crops_max_bytes) if args.keep_crops else None
         with open_gallery(args.gallery, model_id=spec.model_id, dim=spec.dim, factory=args.factory) as g:
             if args.ray is not None:
                 from ingestion.ray_bulk import index_folder_ray  # lazily: the threaded path never imports Ray
@@ -484,6 +482,7 @@ async def _run(args: argparse.Namespace) -> Summary:
                     actors=args.ray_actors,
                     layout=args.layout,
                     progress=not args.no_progress and sys.stderr.isatty(),  # logs get the summary only
+                    crops=crops,
                 )
             return await index_folder(
                 args.folder,
@@ -493,7 +492,7 @@ async def _run(args: argparse.Namespace) -> Summary:
                 workers=args.workers,
                 layout=args.layout,
                 progress=not args.no_progress and sys.stderr.isatty(),  # logs get the summary only
-                crops=CropStore.open(args.crops_dir, args.crops_max_bytes) if args.keep_crops else None,
+                crops=crops,
             )
     finally:
         await embedder.close()
@@ -501,21 +500,21 @@ async def _run(args: argparse.Namespace) -> Summary:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.ray is None:
-        try:
+    try:
+        if args.ray is None:
             summary = asyncio.run(_run(args))
-        except CropStoreFull as exc:
-            print(
-                f"ingestion.bulk: stopped: the crop store {args.crops_dir} is full: {exc}.\n"
-                "Raise --crops-max-bytes (or free space) and run again: files already added are skipped.",
-                file=sys.stderr,
-            )
-            return 1
-    else:
-        from ingestion.ray_bulk import ray_session
+        else:
+            from ingestion.ray_bulk import ray_session
 
-        with ray_session(args.ray):
-            summary = asyncio.run(_run(args))
+            with ray_session(args.ray):
+                summary = asyncio.run(_run(args))
+    except CropStoreFull as exc:
+        print(
+            f"ingestion.bulk: stopped: the crop store {args.crops_dir} is full: {exc}.\n"
+            "Raise --crops-max-bytes (or free space) and run again: files already added are skipped.",
+            file=sys.stderr,
+        )
+        return 1
     print(summary.format())
     if args.summary_json:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,11 @@ Two streamed passes:
    back to the driver, which adds them with ``Gallery.add_new``: a gallery folder takes a single writer, so the
    driver is that writer for every backend.
 
+With a crop store (``--keep-crops``) the driver keeps each file's bytes just before its add (ingestion.bulk's
+keep_crops, the threaded path's step): it reads the file a third time, since the actors' bytes do not come back,
+and a file whose bytes are no longer those the actor embedded is skipped, never added without its crop. Files the
+gallery already holds get their crop kept too where it is missing, read by the driver in pass 1.
+
 New files are read twice, once per pass: the price of skipping known files before any decode without shipping the
 gallery's hashes to the workers. Workers import this package by name, so every node needs apnet-reid with the
 ``server`` and ``cluster`` extras (the API image has them) and sees FOLDER, and for the onnx backend the artifact,
@@ -42,8 +47,18 @@ from tqdm import tqdm
 from embedders.base import create_embedder
 from formats.spec import ModelSpec
 from index import Gallery
+from index.crops import CropStore, CropStoreFull
 from index.errors import ModelMismatch
-from ingestion.bulk import Item, Layout, Summary, _prepare, find_items, read_or_skip, record_of
+from ingestion.bulk import (
+    Item,
+    Layout,
+    Summary,
+    _prepare,
+    find_items,
+    keep_crops,
+    read_or_skip,
+    record_of,
+)
 
 LOCAL = "local"  # ray.init's address for a fresh local Ray, whatever RAY_ADDRESS says
 
@@ -146,9 +161,11 @@ def index_items_ray(
     batch_size: int = 64,
     actors: int | None = None,
     progress: bool = False,
+    crops: CropStore | None = None,
 ) -> Summary:
     """Index items (paths relative to root) on the Ray that is initialised; ``embedder`` holds the keyword
-    arguments of embedders.create_embedder for the actors (which start their own), ``spec`` what it serves."""
+    arguments of embedders.create_embedder for the actors (which start their own), ``spec`` what it serves. With
+    ``crops``, each added file's bytes are kept there first (keep_crops); CropStoreFull stops it between batches."""
     if gallery.model_id != spec.model_id or gallery.dim != spec.dim:
         raise ModelMismatch(
             f"the gallery holds {gallery.dim}-d embeddings of {gallery.model_id!r}; "
@@ -185,13 +202,20 @@ def index_items_ray(
                 (int(i), str(h), str(skip)) for i, h, skip in zip(batch["i"], batch["hash"], batch["skip"], strict=True)
             ]
             known = gallery.find_hashes([h for _, h, skip in rows if not skip])
+            held = []  # files the gallery holds whose crop is missing (indexed before without a crop store)
             for i, h, skip in rows:
                 if skip:
                     skipped_at.append((i, skip))
                 elif h in known:
                     summary.duplicates += 1
+                    if crops is not None and not crops.exists(h):
+                        held.append((items[i].rel, h))
                 else:
                     new.append((i, h))
+            if held:
+                # As the threaded path: a rerun with a crop store fills it. A file gone or changed since it was
+                # hashed keeps no crop; it stays a duplicate of what the gallery holds.
+                keep_crops(crops, root, held)
             advance(len(rows) - sum(1 for _, h, skip in rows if not skip and h not in known))
 
         # The first file of each hash (in item order) is embedded; later files with the same bytes share its fate.
@@ -223,7 +247,25 @@ def index_items_ray(
                         skipped_at += [(j, str(skip)) for j in (i, *followers[i])]
                     else:
                         ok.append(k)
-                        summary.duplicates += len(followers[i])
+                if ok and crops is not None:
+                    # The crops before the add, so an item never exists without its crop. The actors' bytes did
+                    # not come back: keep_crops reads each file again and refuses one that no longer has the
+                    # bytes the actor hashed and embedded.
+                    files = [(items[indices[k]].rel, str(batch["hash"][k])) for k in ok]
+                    try:
+                        reasons = keep_crops(crops, root, files)
+                    except CropStoreFull as exc:
+                        raise CropStoreFull(
+                            f"{exc}; stopped before adding {len(ok)} files, after {summary.indexed} added with "
+                            f"their crops"
+                        ) from exc
+                    for k, reason in zip(ok, reasons, strict=True):
+                        if reason is not None:
+                            i = indices[k]
+                            skipped_at += [(j, reason) for j in (i, *followers[i])]
+                    ok = [k for k, reason in zip(ok, reasons, strict=True) if reason is None]
+                for k in ok:
+                    summary.duplicates += len(followers[indices[k]])
                 if ok:
                     records = [record_of(items[indices[k]], str(batch["hash"][k])) for k in ok]
                     stored = gallery.add_new(batch["embedding"][ok], records, model_id=spec.model_id)
@@ -246,11 +288,13 @@ def index_folder_ray(
     actors: int | None = None,
     layout: Layout = "auto",
     progress: bool = False,
+    crops: CropStore | None = None,
 ) -> Summary:
-    """ingestion.bulk.index_folder on Ray: a folder of crops or a CSV manifest into the gallery, idempotently."""
+    """ingestion.bulk.index_folder on Ray: a folder of crops or a CSV manifest into the gallery, idempotently;
+    with ``crops``, each added file's bytes are kept there first."""
     root, items, skipped = find_items(folder, layout)
     summary = index_items_ray(
-        root, items, gallery, spec, embedder, batch_size=batch_size, actors=actors, progress=progress
+        root, items, gallery, spec, embedder, batch_size=batch_size, actors=actors, progress=progress, crops=crops
     )
     summary.skipped[:0] = skipped
     return summary

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from embedders.base import Embedder, create_embedder
 from formats.images import ImageError, decode_image, resize
-from index.crops import DEFAULT_MAX_BYTES, CropStore
+from index.crops import DEFAULT_MAX_BYTES, CropStore, crops_folder
 from index.errors import GalleryError
 from index.records import Record, SearchFilter
 
@@ -276,10 +276,6 @@ def _persons(gallery, batch_size: int = 4096) -> set[str]:
 # -- command line --------------------------------------------------------------------------------------------
 
 
-def _is_folder_uri(uri: str) -> bool:
-    return "://" not in uri and not uri.endswith(".db")
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ingestion.reembed", description=__doc__.split("\n\n")[0])
     p.add_argument("--artifact", type=Path, help="the new model's artifact folder (onnx backend)")
@@ -321,9 +317,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _crop_stores(args: argparse.Namespace) -> tuple[CropStore | None, CropStore | None]:
-    src_root = args.crops or (Path(args.source) / "crops" if _is_folder_uri(str(args.source)) else None)
+    src_root = crops_folder(args.source, args.crops)
     crops = CropStore.open(src_root, DEFAULT_MAX_BYTES) if src_root is not None and Path(src_root).is_dir() else None
-    dst_root = args.to_crops or (Path(args.destination) / "crops" if _is_folder_uri(args.destination) else None)
+    dst_root = crops_folder(args.destination, args.to_crops)
     dst = None
     if dst_root is not None and crops is not None and Path(dst_root).resolve() != Path(crops.root).resolve():
         dst = CropStore.open(dst_root, int(os.environ.get("REID_CROPS_MAX_BYTES", DEFAULT_MAX_BYTES)))
@@ -347,7 +343,8 @@ async def _run(args: argparse.Namespace) -> Summary:
             crops, dst_crops = _crop_stores(args)
             if crops is None:
                 raise GalleryError(
-                    "the source gallery has no kept crops (run the server with REID_KEEP_CROPS=true, or give --crops)"
+                    "the source gallery has no kept crops (index it with python -m ingestion.bulk --keep-crops, run "
+                    "the server with REID_KEEP_CROPS=true, or give --crops)"
                 )
             factory = args.factory or source.factory
             with open_gallery(args.destination, model_id=spec.model_id, dim=spec.dim, factory=factory) as dst:

@@ -254,7 +254,6 @@ def test_keep_crops_arguments_are_checked(tmp_path, tiny_artifact, capsys):
     refused = {
         "need --keep-crops": [*base, "--gallery", str(tmp_path / "g"), "--crops-dir", str(tmp_path / "c")],
         "needs --crops-dir": [*base, "--gallery", "milvus://127.0.0.1:19530/people", "--keep-crops"],
-        "not run on Ray": [*base, "--gallery", str(tmp_path / "g"), "--keep-crops", "--ray"],
         "at least 1": [*base, "--gallery", str(tmp_path / "g"), "--keep-crops", "--crops-max-bytes", "-5"],
     }
     for message, argv in refused.items():

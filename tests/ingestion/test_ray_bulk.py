@@ -1,6 +1,7 @@
 """Bulk indexing on Ray Data (local Ray, two actors) builds the gallery the threaded path builds: the same content
-hashes with the same labels, the same skips and counts, the same top-5 answers; a rerun adds nothing; and the
-command line (`python -m ingestion.bulk --ray ADDRESS`, `reid index --ray`) joins a running Ray and writes to a
+hashes with the same labels, the same skips and counts, the same top-5 answers, the same kept crops; a rerun adds
+nothing; a file that changes before its crop is kept is skipped, never added without it; and the command line
+(`python -m ingestion.bulk --ray ADDRESS`, `reid index --ray --keep-crops`) joins a running Ray and writes to a
 Milvus Lite gallery as well."""
 
 import asyncio
@@ -18,9 +19,12 @@ ray = pytest.importorskip("ray", reason="the cluster extra (ray[data]) is not in
 from client.cli import main as reid_main  # noqa: E402 (after the skip: without Ray nothing here runs)
 from embedders.base import create_embedder  # noqa: E402
 from formats.images import load_image  # noqa: E402
+from formats.spec import ModelSpec  # noqa: E402
 from index import open_gallery  # noqa: E402
+from index.crops import CropStore  # noqa: E402
 from index.gallery import Gallery  # noqa: E402
-from ingestion.bulk import index_folder, parse_args  # noqa: E402
+from ingestion import ray_bulk  # noqa: E402
+from ingestion.bulk import index_folder, keep_crops, parse_args  # noqa: E402
 from ingestion.ray_bulk import index_folder_ray  # noqa: E402
 
 pytestmark = pytest.mark.slow  # Ray's start and its worker processes take tens of seconds on a shared machine
@@ -74,6 +78,17 @@ def comparable(summary) -> dict:
     return {k: v for k, v in summary.to_dict().items() if k not in ("seconds", "images_per_s")}
 
 
+def kept_files(folder) -> dict[str, bytes]:
+    """Every file of a crop store's folder (its path inside the folder) with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def held_hashes(gallery: Gallery) -> set[str]:
+    ids, _, records = gallery.scan(0, 100_000)
+    assert len(ids) == len(gallery)
+    return {r.content_hash for r in records}
+
+
 def test_ray_gallery_equals_threaded_gallery(ray_address, crops, synth_data, tiny_artifact, tmp_path):
     queries = sorted((synth_data / "query").glob("*.jpg"))[::7][:4]
 
@@ -83,25 +98,63 @@ def test_ray_gallery_equals_threaded_gallery(ray_address, crops, synth_data, tin
             pixels = [load_image(str(q), spec.input.height, spec.input.width) for q in queries]
             xq = await embedder.embed(np.stack(pixels))
             with Gallery.create(tmp_path / "threaded", model_id=spec.model_id, dim=spec.dim) as g:
-                summary = await index_folder(crops, g, embedder, batch_size=16, workers=2)
+                store = CropStore.open(tmp_path / "threaded-crops")
+                summary = await index_folder(crops, g, embedder, batch_size=16, workers=2, crops=store)
                 return spec, xq, summary, contents(g, crops), top5(g, xq, spec.model_id)
 
     spec, xq, expected, expected_contents, expected_top5 = asyncio.run(threaded())
     assert expected.indexed > 20 and expected.duplicates == 1 and len(expected.skipped) == 5
+    expected_crops = kept_files(tmp_path / "threaded-crops")
+    assert len(expected_crops) == expected.indexed
 
     settings = {"backend": "onnx", "artifact": tiny_artifact}
     with Gallery.create(tmp_path / "ray", model_id=spec.model_id, dim=spec.dim) as g:
-        first = index_folder_ray(crops, g, spec, settings, batch_size=16, actors=2)
+        store = CropStore.open(tmp_path / "ray-crops")
+        first = index_folder_ray(crops, g, spec, settings, batch_size=16, actors=2, crops=store)
         assert comparable(first) == comparable(expected)  # counts, and every skip with its reason, in order
         assert contents(g, crops) == expected_contents
         assert top5(g, xq, spec.model_id) == expected_top5
-        again = index_folder_ray(crops, g, spec, settings, batch_size=16, actors=2)
+        # Exactly the crops of the items it added, named and written as the threaded path writes them.
+        assert kept_files(tmp_path / "ray-crops") == expected_crops
+        assert set(store.hashes()) == held_hashes(g)
+        again = index_folder_ray(crops, g, spec, settings, batch_size=16, actors=2, crops=store)
         assert again.indexed == 0 and again.duplicates == first.indexed + first.duplicates
         assert again.skipped == first.skipped and len(g) == first.indexed
+        assert kept_files(tmp_path / "ray-crops") == expected_crops
+
+
+def test_a_file_changed_before_its_crop_is_kept_is_skipped_not_added(
+    ray_address, synth_data, tiny_artifact, tmp_path, monkeypatch
+):
+    """The Ray driver reads each file again to keep its crop; a file whose bytes are no longer those the actor
+    embedded is skipped with the reason, and neither it nor its crop goes in."""
+    root = tmp_path / "few"
+    root.mkdir()
+    files = sorted((synth_data / "bounding_box_test").glob("*.jpg"))[:6]
+    for f in files:
+        shutil.copy(f, root / f.name)
+    changed = files[2].name
+
+    def change_then_keep(store, where, batch, blobs=None):
+        if any(rel == changed for rel, _ in batch):  # the file is rewritten between its embedding and its crop
+            (where / changed).write_bytes(files[3].read_bytes())
+        return keep_crops(store, where, batch, blobs)
+
+    monkeypatch.setattr(ray_bulk, "keep_crops", change_then_keep)  # the driver runs in this process
+    spec = ModelSpec.from_json((tiny_artifact / "spec.json").read_text())
+    with Gallery.create(tmp_path / "g", model_id=spec.model_id, dim=spec.dim) as g:
+        store = CropStore.open(tmp_path / "kept")
+        settings = {"backend": "onnx", "artifact": tiny_artifact}
+        summary = index_folder_ray(root, g, spec, settings, batch_size=16, actors=1, crops=store)
+        assert summary.skipped == [(changed, "changed while it was being indexed")]
+        assert summary.indexed == len(files) - 1 and summary.duplicates == 0
+        assert {r.source for r in g.scan(0, 100)[2]} == {f.name for f in files} - {changed}
+        assert set(store.hashes()) == held_hashes(g)
+        assert hashlib.sha256(files[2].read_bytes()).hexdigest() not in set(store.hashes())
 
 
 def test_command_line_joins_a_running_ray_and_writes_to_milvus_lite(
-    ray_address, synth_data, tiny_artifact, tmp_path, capfd
+    ray_address, synth_data, tiny_artifact, tmp_path, capfd, monkeypatch
 ):
     pytest.importorskip("milvus_lite", reason="Milvus Lite is in the milvus extra (make setup installs it)")
     folder, gallery, summary = synth_data / "bounding_box_test", tmp_path / "g.db", tmp_path / "summary.json"
@@ -113,13 +166,17 @@ def test_command_line_joins_a_running_ray_and_writes_to_milvus_lite(
     distinct = {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     written = json.loads(summary.read_text())
     assert written["indexed"] == len(distinct) and written["indexed"] + written["duplicates"] == len(files)
-    # `reid index --ray` runs the same command; a second run finds every file already there.
+    # `reid index --ray --keep-crops` runs the same command; a second run finds every file already there and keeps
+    # the crops the first run did not (a Milvus gallery has no folder: REID_CROPS_DIR says where, as for the API).
+    monkeypatch.setenv("REID_CROPS_DIR", str(tmp_path / "crops"))
     capfd.readouterr()
     rc = reid_main(
-        ["index", str(folder), "--gallery", str(gallery), "--artifact", str(tiny_artifact)] + ["--ray", ray_address]
+        ["index", str(folder), "--gallery", str(gallery), "--artifact", str(tiny_artifact)]
+        + ["--ray", ray_address, "--keep-crops"]
     )
     assert rc == 0
     assert f"indexed 0, duplicates {len(files)}, skipped 0" in capfd.readouterr().out
+    assert set(CropStore.open(tmp_path / "crops").hashes()) == distinct
     # Opened last: Milvus Lite keeps its file locked by this process until the process ends.
     with open_gallery(gallery, readonly=True) as g:
         assert g.backend == "milvus" and len(g) == len(distinct)
