@@ -21,6 +21,7 @@ from index.protocol import Gallery
 
 DEFAULT_COLLECTION = "gallery"  # the collection of a Milvus Lite file
 EMBEDDED_ONLY = frozenset({"threads", "gpu", "snapshot_every"})  # ignored by Milvus
+MILVUS_ONLY = frozenset({"timeout"})  # ignored by the embedded store, whose calls never leave the process
 COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # Milvus' rule for collection names
 
 
@@ -88,13 +89,18 @@ def open_gallery(
 
     Options: nprobe, ef_search and allow_missing_log (both backends: start empty where the gallery's store of
     record is gone while there is evidence it held items); threads, gpu and snapshot_every (the embedded store's;
-    a Milvus gallery ignores them).
+    a Milvus gallery ignores them); timeout (Milvus': seconds each call to the server may take before it fails
+    with GalleryUnavailable, index.milvus.DEFAULT_TIMEOUT_S when not given; None waits as long as pymilvus does;
+    the embedded store ignores it).
     """
     target = uri if isinstance(uri, GalleryURI) else parse_uri(uri, collection=collection)
     if (model_id is None) != (dim is None):
         raise ValueError("give both model_id and dim, or neither")
     if target.kind == "embedded":
         from index.gallery import Gallery as EmbeddedGallery
+
+        for name in MILVUS_ONLY:
+            options.pop(name, None)
 
         if model_id is None or readonly:
             options.pop("allow_missing_log", None)  # only creating a gallery can start an empty log
@@ -107,11 +113,11 @@ def open_gallery(
                     raise
             return gallery
         return EmbeddedGallery.open_or_create(target.path, model_id=model_id, dim=dim, factory=factory, **options)
-    unknown = set(options) - {"nprobe", "ef_search", "allow_missing_log"} - EMBEDDED_ONLY
+    unknown = set(options) - {"nprobe", "ef_search", "allow_missing_log"} - EMBEDDED_ONLY - MILVUS_ONLY
     if unknown:
         raise TypeError(f"unknown gallery options {sorted(unknown)}")
     try:
-        from index.milvus import MilvusGallery
+        from index.milvus import DEFAULT_TIMEOUT_S, MilvusGallery
     except ImportError as exc:  # pymilvus is in the server extra, Milvus Lite in the milvus extra
         raise GalleryError(f"{target} needs pymilvus: pip install 'apnet-reid[server]' ({exc})") from exc
     return MilvusGallery.open(
@@ -122,4 +128,5 @@ def open_gallery(
         nprobe=options.get("nprobe"),
         ef_search=options.get("ef_search"),
         allow_missing_log=bool(options.get("allow_missing_log")) and model_id is not None and not readonly,
+        timeout=options.get("timeout", DEFAULT_TIMEOUT_S),
     )

@@ -23,6 +23,14 @@ boundary (``_milvus_boundary``): a connection lost, a server unavailable, overlo
 GalleryUnavailable (the API answers 503 with Retry-After); the collection gone while open (dropped) is MissingLog,
 never an empty answer; anything else Milvus refuses is a GalleryError.
 
+Every client call has a deadline, ``timeout`` seconds (REID_GALLERY_TIMEOUT_S at the server, DEFAULT_TIMEOUT_S
+here). Without one, a Milvus that stops answering (a hung server, a host gone without closing its connections)
+holds a call until gRPC and pymilvus give up on their own: half a minute per call here against Milvus Lite, and
+pymilvus retries an unavailable server up to 75 times with back-off. With it, pymilvus stops retrying once the
+deadline has passed and the call fails as GalleryUnavailable (a reconnect attempt inside the call is bounded by the
+same timeout, so a call can take up to about twice it). Loading a collection at open takes minutes for a large
+one: it gets LOAD_TIMEOUT_S, or the timeout if that is longer.
+
 A dropped collection is not created again empty. Milvus keeps no file of ours beside a collection, so the
 database keeps the evidence: a database property ``reid.gallery.<collection>`` says the collection held items
 (written before its first rows are inserted, and on opening a gallery that holds items). Opening a collection
@@ -74,6 +82,8 @@ QUERY_WINDOW = 16_384  # Milvus' default cap on one query's or search's result s
 LITE_FLUSH_ROWS = 512  # Milvus Lite searches unflushed rows one by one (~0.1 ms each): flush every this many
 DEFAULT_NPROBE = 16
 DEFAULT_EF_SEARCH = 64
+DEFAULT_TIMEOUT_S = 10.0  # deadline of each client call (None: pymilvus' own behaviour, no deadline)
+LOAD_TIMEOUT_S = 600.0  # loading a collection of tens of millions of vectors at open is legitimately slow
 HNSW_EF_CONSTRUCTION = 200
 TEXT_FIELDS = ("person_id", "camera_id", "track_id", "source", "content_hash")
 RECORD_FIELDS = [*TEXT_FIELDS, "captured_at", "added_at", "metadata"]
@@ -241,8 +251,19 @@ class MilvusGallery:
 
     backend = "milvus"
 
-    def __init__(self, client: MilvusClient, target: GalleryURI, *, nprobe: int | None, ef_search: int | None):
+    def __init__(
+        self,
+        client: MilvusClient,
+        target: GalleryURI,
+        *,
+        nprobe: int | None,
+        ef_search: int | None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+    ):
+        if timeout is not None and not timeout > 0:
+            raise ValueError("the Milvus timeout must be a positive number of seconds (or None)")
         self._client = client
+        self.timeout = timeout
         self.target = target
         self.collection = target.collection
         self.lite = target.kind == "milvus-lite"
@@ -273,20 +294,24 @@ class MilvusGallery:
         nprobe: int | None = None,
         ef_search: int | None = None,
         allow_missing_log: bool = False,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
     ) -> MilvusGallery:
         """Open the collection, or create it when model_id and dim are given and it does not exist. A collection
         that is missing while the database records that it held items is refused (MissingLog) unless
-        ``allow_missing_log``: then it starts empty."""
+        ``allow_missing_log``: then it starts empty. ``timeout``: seconds each call to Milvus may take."""
+        if timeout is not None and not timeout > 0:
+            raise ValueError("the Milvus timeout must be a positive number of seconds (or None)")
         if target.kind == "milvus-lite":
             target.path.parent.mkdir(parents=True, exist_ok=True)
             uri = str(target.path.resolve())
         else:
             uri = target.address
         try:
-            client = MilvusClient(uri=uri, token=target.token or "")
+            # The client's timeout bounds connecting and reconnecting; each call gets its own deadline below.
+            client = MilvusClient(uri=uri, token=target.token or "", timeout=timeout)
         except FAILURES as exc:
             raise gallery_error(exc, target) from exc
-        gallery = cls(client, target, nprobe=nprobe, ef_search=ef_search)
+        gallery = cls(client, target, nprobe=nprobe, ef_search=ef_search, timeout=timeout)
         try:
             gallery._open_or_create(model_id, dim, factory, allow_missing_log)
         except BaseException:
@@ -296,7 +321,7 @@ class MilvusGallery:
 
     @_milvus_boundary
     def _open_or_create(self, model_id: str | None, dim: int | None, factory: str, allow_missing_log: bool) -> None:
-        if not self._client.has_collection(self.collection):
+        if not self._client.has_collection(self.collection, timeout=self.timeout):
             held = self._held_items()
             if held is not None and not allow_missing_log:
                 raise MissingLog(
@@ -310,7 +335,7 @@ class MilvusGallery:
                 self._set_held_items(False, model_id)
                 self._recovered.append(f"collection {self.collection!r} was missing ({held}); started empty as allowed")
                 log.warning("gallery %s: %s", self.target, self._recovered[-1])
-        description = self._client.describe_collection(self.collection)
+        description = self._client.describe_collection(self.collection, timeout=self.timeout)
         self._props = {k: v for k, v in (description.get("properties") or {}).items() if k.startswith(PROP)}
         missing = [k for k in ("model_id", "dim", "metric", "factory", "next_id") if PROP + k not in self._props]
         if missing:
@@ -323,7 +348,8 @@ class MilvusGallery:
         if model_id is not None:
             self.check_compatible(model_id, dim)
         self._index_type, self._index_params = milvus_index(self.factory, self.dim)
-        self._client.load_collection(self.collection)  # a reopened collection starts released
+        load_timeout = None if self.timeout is None else max(self.timeout, LOAD_TIMEOUT_S)
+        self._client.load_collection(self.collection, timeout=load_timeout)  # a reopened collection starts released
         self._next_id = self._reserved_end = int(self._props[PROP + "next_id"])
         self._count = self._count_rows()
         if self._next_id > 1:  # ids were handed out: make sure the database records it (older versions did not)
@@ -355,14 +381,19 @@ class MilvusGallery:
             PROP + "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         self._client.create_collection(
-            self.collection, schema=schema, index_params=index, consistency_level="Strong", properties=properties
+            self.collection,
+            schema=schema,
+            index_params=index,
+            consistency_level="Strong",
+            properties=properties,
+            timeout=self.timeout,
         )
 
     # -- the evidence that a collection held items ----------------------------------------------------------
 
     def _held_items(self) -> str | None:
         """What the database records about this collection's items (model, when), None if it never held any."""
-        text = self._client.describe_database(DATABASE).get(HELD_ITEMS + self.collection)
+        text = self._client.describe_database(DATABASE, timeout=self.timeout).get(HELD_ITEMS + self.collection)
         if text is None:
             return None
         try:
@@ -379,7 +410,9 @@ class MilvusGallery:
             "model_id": model_id,
             "since": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        self._client.alter_database_properties(DATABASE, {HELD_ITEMS + self.collection: json.dumps(value)})
+        self._client.alter_database_properties(
+            DATABASE, {HELD_ITEMS + self.collection: json.dumps(value)}, timeout=self.timeout
+        )
 
     def _mark_held_items(self) -> None:
         """Record that this collection holds items, before its first rows go in (once per open gallery)."""
@@ -474,24 +507,26 @@ class MilvusGallery:
             stored = int(self._read_props().get(PROP + "next_id", "1"))
             start = max(self._next_id, stored)
             end = start + max(n, ID_BLOCK)
-            self._client.alter_collection_properties(self.collection, properties={PROP + "next_id": str(end)})
+            self._client.alter_collection_properties(
+                self.collection, properties={PROP + "next_id": str(end)}, timeout=self.timeout
+            )
             self._next_id, self._reserved_end = start, end
         ids = list(range(self._next_id, self._next_id + n))
         self._next_id += n
         return ids
 
     def _read_props(self) -> dict[str, str]:
-        return dict(self._client.describe_collection(self.collection).get("properties") or {})
+        return dict(self._client.describe_collection(self.collection, timeout=self.timeout).get("properties") or {})
 
     def _insert(self, rows: list[dict]) -> None:
         self._mark_held_items()
         for start in range(0, len(rows), 1000):
             chunk = rows[start : start + 1000]
-            self._client.insert(self.collection, chunk)
+            self._client.insert(self.collection, chunk, timeout=self.timeout)
             self._count += len(chunk)
             self._unflushed += len(chunk)
         if self.lite and self._unflushed >= LITE_FLUSH_ROWS:
-            self._client.flush(self.collection)
+            self._client.flush(self.collection, timeout=self.timeout)
             self._unflushed = 0
 
     @_milvus_boundary
@@ -553,7 +588,9 @@ class MilvusGallery:
             rows = self._rows(ids, xb, list(records), keep_added_at=True)
             top = max(ids) + 1
             if top > int(self._read_props().get(PROP + "next_id", "1")):  # later adds continue after the copy
-                self._client.alter_collection_properties(self.collection, properties={PROP + "next_id": str(top)})
+                self._client.alter_collection_properties(
+                    self.collection, properties={PROP + "next_id": str(top)}, timeout=self.timeout
+                )
             if top > self._next_id:
                 self._next_id = self._reserved_end = top
             self._insert(rows)
@@ -567,14 +604,14 @@ class MilvusGallery:
         with self._write_mutex:
             present = sorted(self.records(wanted)) if wanted else []
             for start in range(0, len(present), 1000):
-                self._client.delete(self.collection, ids=present[start : start + 1000])
+                self._client.delete(self.collection, ids=present[start : start + 1000], timeout=self.timeout)
             self._count -= len(present)
         return len(present)
 
     # -- reads ---------------------------------------------------------------------------------------------
 
     def _query(self, expr: str, fields: list[str], limit: int) -> list[dict]:
-        return self._client.query(self.collection, filter=expr, output_fields=fields, limit=limit)
+        return self._client.query(self.collection, filter=expr, output_fields=fields, limit=limit, timeout=self.timeout)
 
     @_milvus_boundary
     def get(self, id: int) -> Record | None:
@@ -628,6 +665,7 @@ class MilvusGallery:
             filter=expr,
             output_fields=RECORD_FIELDS,
             search_params=params,
+            timeout=self.timeout,
         )
         results = []
         for row in found:
@@ -667,11 +705,14 @@ class MilvusGallery:
         self._check_open()
         text = json.dumps(calibration, sort_keys=True)
         with self._write_mutex:
-            self._client.alter_collection_properties(self.collection, properties={PROP + "calibration": text})
+            self._client.alter_collection_properties(
+                self.collection, properties={PROP + "calibration": text}, timeout=self.timeout
+            )
             self._props[PROP + "calibration"] = text
 
     def _count_rows(self) -> int:
-        return int(self._client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        rows = self._client.query(self.collection, filter="", output_fields=["count(*)"], timeout=self.timeout)
+        return int(rows[0]["count(*)"])
 
     @_milvus_boundary
     def stats(self) -> dict:
@@ -693,6 +734,7 @@ class MilvusGallery:
             "consistency": "Strong",
             "nprobe": self.nprobe or DEFAULT_NPROBE,
             "ef_search": self.ef_search or DEFAULT_EF_SEARCH,
+            "timeout_s": self.timeout,
             "next_id": self._next_id,
             "recovered": list(self._recovered),
         }
@@ -707,7 +749,7 @@ class MilvusGallery:
         try:
             if self.lite and self._unflushed:
                 with self._write_mutex:
-                    self._client.flush(self.collection)
+                    self._client.flush(self.collection, timeout=self.timeout)
                     self._unflushed = 0
         finally:
             self._closed = True

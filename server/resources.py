@@ -102,6 +102,7 @@ class Resources:
                 factory=s.index_factory,
                 threads=s.search_threads,
                 allow_missing_log=s.gallery_allow_missing_log,
+                timeout=s.gallery_timeout_s,
             )
         except ModelMismatch as exc:
             log.error("gallery refused: %s", exc)

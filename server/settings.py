@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # Gallery searches at once, each on its own thread beside the one writer thread (faiss and SQLite release the
     # GIL, Milvus answers over the network), so a search never queues behind an add.
     gallery_search_workers: int = Field(4, ge=1)
+    # Seconds each call to a Milvus gallery may take (pymilvus' deadline, its retries stop there too); past it the
+    # request fails with 503 gallery_unavailable instead of waiting minutes on a Milvus that stopped answering.
+    # The embedded store ignores it.
+    gallery_timeout_s: float = Field(10.0, gt=0)
     # Kept crops (index/crops.py): the bytes of every image added through the API, content-addressed, so the
     # gallery can be rebuilt for another model (python -m ingestion.reembed) and GET /v1/gallery/{id}/image shows
     # them. crops_dir defaults to <gallery_dir>/crops; a Milvus gallery has no folder and needs it set. An add

@@ -11,6 +11,8 @@ import contextlib
 import itertools
 import json
 import logging
+import socket
+import threading
 
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ import grpc  # noqa: E402 (only once Milvus Lite is known to be installed)
 from pymilvus import MilvusException  # noqa: E402
 from pymilvus.exceptions import ConnectError, DataNotMatchException, DescribeCollectionException  # noqa: E402
 
-from index.milvus import HELD_ITEMS, gallery_error  # noqa: E402
+from index.milvus import DEFAULT_TIMEOUT_S, HELD_ITEMS, gallery_error  # noqa: E402
 
 MODEL, DIM, N = "milvus-corruption", 16, 60
 _names = itertools.count()
@@ -138,6 +140,83 @@ def test_a_milvus_that_stopped_answering_is_unavailable(tmp_path):
     finally:
         with contextlib.suppress(GalleryError):
             g.close()
+
+
+@contextlib.contextmanager
+def _silent_listener(port: int):
+    """A socket on ``port`` that accepts connections and never answers: a Milvus that hangs (or a host that went
+    away without closing its connections), where a call without a deadline would wait on gRPC's own patience."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(16)
+    held = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def _deadline_exceeded(exc: BaseException) -> bool:
+    """Whether a gRPC deadline (the call's timeout) is what ended it, anywhere in its chain of causes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # pymilvus re-raises errors as their own cause
+        seen.add(id(exc))
+        code = exc.code() if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)) else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED or "Retry timeout" in str(exc):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+@pytest.mark.timeout(120)  # without the deadline each of these calls waits on gRPC's and pymilvus' own retries
+def test_a_milvus_that_hangs_is_unavailable_once_the_timeout_passes(tmp_path):
+    """Milvus Lite's server stopped and its port taken by a socket that never answers: every call fails with
+    GalleryUnavailable because its deadline (open_gallery's timeout) passed, not after pymilvus' own retries."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    path = tmp_path / "hangs.db"
+    xb = clustered(4, DIM, seed=8)
+    g = open_gallery(path, model_id=MODEL, dim=DIM, timeout=0.5)
+    try:
+        assert g.timeout == 0.5 and g.stats()["timeout_s"] == 0.5
+        g.add(xb, [Record() for _ in xb], model_id=MODEL)
+        server, _, port = server_manager_instance._servers[str(path.resolve())]
+        server.stop(grace=0).wait()
+        with _silent_listener(port):
+            for call in (
+                lambda: g.search(xb[:1], 2, model_id=MODEL),
+                lambda: g.get(1),
+                lambda: g.add(xb[:1], [Record()], model_id=MODEL),
+            ):
+                with pytest.raises(GalleryUnavailable) as caught:
+                    call()
+                assert _deadline_exceeded(caught.value), repr(caught.value.__cause__)
+            assert len(g) == len(xb)  # the write that timed out is not counted
+    finally:
+        with contextlib.suppress(GalleryError):
+            g.close()
+
+
+def test_the_timeout_reaches_the_milvus_backend_only(tmp_path):
+    with open_gallery(tmp_path / "default.db", model_id=MODEL, dim=DIM) as g:
+        assert g.timeout == DEFAULT_TIMEOUT_S
+    with open_gallery(tmp_path / "patient.db", model_id=MODEL, dim=DIM, timeout=None) as g:
+        assert g.timeout is None
+    with pytest.raises(ValueError, match="timeout"):
+        open_gallery(tmp_path / "bad.db", model_id=MODEL, dim=DIM, timeout=0)
+    with open_gallery(tmp_path / "folder", model_id=MODEL, dim=DIM, timeout=0.5) as g:  # ignored: never leaves
+        assert g.backend == "embedded"
 
 
 def _rpc_error(code: grpc.StatusCode) -> grpc.RpcError:
