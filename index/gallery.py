@@ -34,6 +34,7 @@ import numpy as np
 
 from index import faiss_index
 from index.errors import CorruptGallery, GalleryError, GalleryLocked, InvalidVector, MissingLog, ModelMismatch
+from index.protocol import GalleryBase
 from index.records import Hit, Identity, Record, SearchFilter, aggregate_identities
 from index.rwlock import RWLock
 from index.snapshot import MANIFEST, Manifest, SnapshotError, read_manifest, read_verified, sha256, write_atomic
@@ -66,7 +67,7 @@ SNAPSHOT_EVERY = 50_000  # mutations between automatic snapshots: bounds the cat
 COMPACT_AT = 1024  # removed ids left in the index (tombstones) before it is compacted off the search path
 
 
-class Gallery:
+class Gallery(GalleryBase):
     """Use Gallery.create / open / open_or_create; the constructor does no I/O.
 
     Concurrency: searches run on any thread, many at once, and never wait for a write. Writes (add, remove,
@@ -362,41 +363,12 @@ class Gallery:
     def __len__(self) -> int:
         return self._count
 
-    def __enter__(self) -> Gallery:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # -- validation ----------------------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise GalleryError("the gallery is closed")
 
     def _check_writable(self) -> None:
         self._check_open()
         if self.readonly:
             raise GalleryError("the gallery is open read-only")
-
-    def _check_model(self, model_id: str) -> None:
-        if model_id != self.model_id:
-            raise ModelMismatch(f"the gallery holds embeddings of model {self.model_id!r}, not {model_id!r}")
-
-    def _unit_vectors(self, x, what: str) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None, :]
-        if x.ndim != 2:
-            raise InvalidVector(f"{what} must be a (n, {self.dim}) array, got shape {x.shape}")
-        if x.shape[1] != self.dim:
-            raise ModelMismatch(f"{what} have {x.shape[1]} dimensions; the gallery holds {self.dim}-d vectors")
-        if not np.isfinite(x).all():
-            raise InvalidVector(f"{what} contain NaN or inf")
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise InvalidVector(f"{what} contain a zero vector (no direction to compare)")
-        return np.ascontiguousarray(x / norms, dtype=np.float32)
 
     # -- writes --------------------------------------------------------------------------------------------
 
@@ -428,26 +400,6 @@ class Gallery:
         self._maybe_train()
         self._maybe_snapshot()
         return ids
-
-    def add_new(self, xb, records: Sequence[Record], *, model_id: str) -> list[tuple[int, bool]]:
-        """Add the records whose content hash the gallery does not hold yet, once each; for every record, its id
-        and whether this call added it. The check and the add happen under the write mutex, so two callers adding
-        the same bytes at once add them once. Records without a content hash are always added."""
-        records = list(records)
-        if len(records) != len(xb):
-            raise ValueError(f"{len(xb)} vectors but {len(records)} records")
-        with self._write_mutex:
-            known = self.find_hashes([r.content_hash for r in records if r.content_hash])
-            first_of: dict[str, int] = {}
-            fresh = [
-                i
-                for i, r in enumerate(records)
-                if not r.content_hash or (r.content_hash not in known and first_of.setdefault(r.content_hash, i) == i)
-            ]
-            ids = self._add_locked(np.asarray(xb)[fresh], [records[i] for i in fresh], model_id) if fresh else []
-        added = dict(zip(fresh, ids, strict=True))
-        known.update({records[i].content_hash: gid for i, gid in added.items() if records[i].content_hash})
-        return [(added[i], True) if i in added else (known[r.content_hash], False) for i, r in enumerate(records)]
 
     def remove(self, ids) -> int:
         """Remove the ids that exist; returns how many were removed. Ids are never reused.

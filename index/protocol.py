@@ -17,11 +17,13 @@ Contract (tests/index/test_conformance.py runs it against both):
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from index.errors import GalleryError, InvalidVector, ModelMismatch
 from index.records import Hit, Record, SearchFilter
 
 
@@ -72,3 +74,73 @@ class Gallery(Protocol):
     def set_calibration(self, calibration: dict) -> None: ...
 
     def close(self) -> None: ...
+
+
+class GalleryBase:
+    """What both backends do the same way: checking vectors and model ids, and adding each content hash once.
+
+    A backend provides ``model_id``, ``dim``, ``find_hashes``, ``close``, a ``_write_mutex`` held by every write and
+    ``_add_locked`` (an add under that mutex)."""
+
+    model_id: str
+    dim: int
+    _write_mutex: threading.Lock
+    _closed: bool = False
+
+    def _add_locked(self, xb, records: Sequence[Record], model_id: str) -> list[int]:
+        raise NotImplementedError
+
+    def find_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add_new(self, xb, records: Sequence[Record], *, model_id: str) -> list[tuple[int, bool]]:
+        """Add the records whose content hash the gallery does not hold yet, once each; for every record, its id
+        and whether this call added it. The check and the add happen under the write mutex, so two callers adding
+        the same bytes at once add them once. Records without a content hash are always added."""
+        records = list(records)
+        if len(records) != len(xb):
+            raise ValueError(f"{len(xb)} vectors but {len(records)} records")
+        with self._write_mutex:
+            known = self.find_hashes([r.content_hash for r in records if r.content_hash])
+            first_of: dict[str, int] = {}
+            fresh = [
+                i
+                for i, r in enumerate(records)
+                if not r.content_hash or (r.content_hash not in known and first_of.setdefault(r.content_hash, i) == i)
+            ]
+            ids = self._add_locked(np.asarray(xb)[fresh], [records[i] for i in fresh], model_id) if fresh else []
+        added = dict(zip(fresh, ids, strict=True))
+        known.update({records[i].content_hash: gid for i, gid in added.items() if records[i].content_hash})
+        return [(added[i], True) if i in added else (known[r.content_hash], False) for i, r in enumerate(records)]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GalleryError("the gallery is closed")
+
+    def _check_model(self, model_id: str) -> None:
+        if model_id != self.model_id:
+            raise ModelMismatch(f"the gallery holds embeddings of model {self.model_id!r}, not {model_id!r}")
+
+    def _unit_vectors(self, x, what: str) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise InvalidVector(f"{what} must be a (n, {self.dim}) array, got shape {x.shape}")
+        if x.shape[1] != self.dim:
+            raise ModelMismatch(f"{what} have {x.shape[1]} dimensions; the gallery holds {self.dim}-d vectors")
+        if not np.isfinite(x).all():
+            raise InvalidVector(f"{what} contain NaN or inf")
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise InvalidVector(f"{what} contain a zero vector (no direction to compare)")
+        return np.ascontiguousarray(x / norms, dtype=np.float32)
