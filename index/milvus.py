@@ -66,7 +66,8 @@ from pymilvus.exceptions import CollectionNotExistException, ConnectError, Error
 
 from index import metadata as meta
 from index.backends import GalleryURI
-from index.errors import GalleryError, GalleryUnavailable, InvalidVector, MissingLog, ModelMismatch
+from index.errors import GalleryError, GalleryUnavailable, MissingLog, ModelMismatch
+from index.protocol import GalleryBase
 from index.records import Hit, Record, SearchFilter
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ def _id_list(ids: Sequence[int]) -> str:
 # -- the gallery --------------------------------------------------------------------------------------------
 
 
-class MilvusGallery:
+class MilvusGallery(GalleryBase):
     """Use MilvusGallery.open (or index.open_gallery); the constructor does no I/O."""
 
     backend = "milvus"
@@ -444,36 +445,7 @@ class MilvusGallery:
     def __len__(self) -> int:
         return self._count
 
-    def __enter__(self) -> MilvusGallery:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # -- validation ----------------------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise GalleryError("the gallery is closed")
-
-    def _check_model(self, model_id: str) -> None:
-        if model_id != self.model_id:
-            raise ModelMismatch(f"the gallery holds embeddings of model {self.model_id!r}, not {model_id!r}")
-
-    def _unit_vectors(self, x, what: str) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None, :]
-        if x.ndim != 2:
-            raise InvalidVector(f"{what} must be a (n, {self.dim}) array, got shape {x.shape}")
-        if x.shape[1] != self.dim:
-            raise ModelMismatch(f"{what} have {x.shape[1]} dimensions; the gallery holds {self.dim}-d vectors")
-        if not np.isfinite(x).all():
-            raise InvalidVector(f"{what} contain NaN or inf")
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise InvalidVector(f"{what} contain a zero vector (no direction to compare)")
-        return np.ascontiguousarray(x / norms, dtype=np.float32)
 
     def _rows(self, ids: Sequence[int], xb: np.ndarray, records: Sequence[Record], keep_added_at: bool) -> list[dict]:
         now = time()
@@ -535,6 +507,11 @@ class MilvusGallery:
         with self._write_mutex:
             return self._add_locked(xb, records, model_id)
 
+    @_milvus_boundary
+    def add_new(self, xb, records: Sequence[Record], *, model_id: str) -> list[tuple[int, bool]]:
+        """As the embedded store (GalleryBase.add_new), with Milvus' errors mapped at this boundary."""
+        return super().add_new(xb, records, model_id=model_id)
+
     def _add_locked(self, xb, records: Sequence[Record], model_id: str) -> list[int]:
         self._check_open()
         self._check_model(model_id)
@@ -550,25 +527,6 @@ class MilvusGallery:
             row["id"] = i
         self._insert(rows)
         return ids
-
-    @_milvus_boundary
-    def add_new(self, xb, records: Sequence[Record], *, model_id: str) -> list[tuple[int, bool]]:
-        """As the embedded store: each content hash once; the check and the add under the write mutex."""
-        records = list(records)
-        if len(records) != len(xb):
-            raise ValueError(f"{len(xb)} vectors but {len(records)} records")
-        with self._write_mutex:
-            known = self.find_hashes([r.content_hash for r in records if r.content_hash])
-            first_of: dict[str, int] = {}
-            fresh = [
-                i
-                for i, r in enumerate(records)
-                if not r.content_hash or (r.content_hash not in known and first_of.setdefault(r.content_hash, i) == i)
-            ]
-            ids = self._add_locked(np.asarray(xb)[fresh], [records[i] for i in fresh], model_id) if fresh else []
-        added = dict(zip(fresh, ids, strict=True))
-        known.update({records[i].content_hash: gid for i, gid in added.items() if records[i].content_hash})
-        return [(added[i], True) if i in added else (known[r.content_hash], False) for i, r in enumerate(records)]
 
     @_milvus_boundary
     def import_items(self, ids: Sequence[int], xb, records: Sequence[Record], *, model_id: str) -> int:
