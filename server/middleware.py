@@ -76,7 +76,67 @@ class UnhandledErrorMiddleware:
                 await response(scope, receive, send)
 
 
-class BodySizeLimitMiddleware:
+class _Refuse(Exception):  # noqa: N818 (a signal between a guard's receive and _BodyGuard, never raised further)
+    """Raised by a body guard's ``_receive`` to refuse the request."""
+
+
+class _BodyGuard:
+    """The shape both body guards share: once ``_receive`` refuses, the client gets ``_refusal`` (unless the app
+    has begun answering), the app sees a disconnect, and whatever the app still sends, or raises on the cut-off
+    body, is dropped."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    def _refusal(self, scope: Scope) -> JSONResponse:
+        raise NotImplementedError
+
+    def _early(self, scope: Scope) -> bool:
+        """Whether to refuse from the head alone, before reading anything."""
+        return False
+
+    def _reader(self, receive: Receive) -> Receive:
+        """This request's receive, raising _Refuse when the body breaks the guard's rule."""
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._early(scope):
+            await self._refusal(scope)(scope, receive, send)
+            return
+        read = self._reader(receive)
+        refused = False
+        started = False
+
+        async def guarded_receive():
+            nonlocal refused
+            if refused:
+                return {"type": "http.disconnect"}
+            try:
+                return await read()
+            except _Refuse:
+                refused = True
+                if not started:
+                    await self._refusal(scope)(scope, receive, send)
+                return {"type": "http.disconnect"}
+
+        async def guarded_send(message):
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception:
+            if not refused:  # the app failing on the cut-off body is expected; the client has its refusal
+                raise
+
+
+class BodySizeLimitMiddleware(_BodyGuard):
     """413 for a body over ``max_bytes``: at once on the declared Content-Length, before reading anything, and
     as soon as the running count of a streamed (chunked) body passes the cap.
 
@@ -85,7 +145,7 @@ class BodySizeLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
     def _refusal(self, scope: Scope) -> JSONResponse:
@@ -96,47 +156,26 @@ class BodySizeLimitMiddleware:
             f"the request body is over the limit of {self.max_bytes} bytes",
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def _early(self, scope: Scope) -> bool:
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refusal(scope)(scope, receive, send)
-            return
+        return declared is not None and declared.isdigit() and int(declared) > self.max_bytes
+
+    def _reader(self, receive: Receive) -> Receive:
         received = 0
-        refused = False
-        started = False
 
         async def counting_receive():
-            nonlocal received, refused
-            if refused:
-                return {"type": "http.disconnect"}
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    refused = True
-                    if not started:
-                        await self._refusal(scope)(scope, receive, send)
-                    return {"type": "http.disconnect"}
+                    raise _Refuse
             return message
 
-        async def guarded_send(message):
-            nonlocal started
-            if refused:
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, guarded_send)
-        except Exception:
-            if not refused:  # the app failing on the cut-off body is expected; the client has its 413
-                raise
+        return counting_receive
 
 
-class BodyDeadlineMiddleware:
+class BodyDeadlineMiddleware(_BodyGuard):
     """408 for a request whose body has not arrived in full within ``timeout_s`` of its head, and the connection
     closed (a client that stalled mid-body cannot send a next request on it anyway).
 
@@ -146,7 +185,7 @@ class BodyDeadlineMiddleware:
     """
 
     def __init__(self, app: ASGIApp, timeout_s: float):
-        self.app = app
+        super().__init__(app)
         self.timeout_s = timeout_s
 
     def _refusal(self, scope: Scope) -> JSONResponse:
@@ -158,45 +197,24 @@ class BodyDeadlineMiddleware:
             {"Connection": "close"},
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def _reader(self, receive: Receive) -> Receive:
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         body_in = False
-        timed_out = False
-        started = False
 
         async def deadline_receive():
-            nonlocal body_in, timed_out
-            if timed_out:
-                return {"type": "http.disconnect"}
+            nonlocal body_in
             if body_in:  # after the body only a disconnect can come: no deadline on waiting for it
                 return await receive()
             try:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                timed_out = True
-                if not started:
-                    await self._refusal(scope)(scope, receive, send)
-                return {"type": "http.disconnect"}
+                raise _Refuse from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_in = True
             return message
 
-        async def guarded_send(message):
-            nonlocal started
-            if timed_out:
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, deadline_receive, guarded_send)
-        except Exception:
-            if not timed_out:  # the app failing on the cut-off body is expected; the client has its 408
-                raise
+        return deadline_receive
 
 
 class InFlightLimit:
