@@ -93,7 +93,7 @@ def tiny_checkpoint(tmp_path_factory, synth_data) -> Path:
     finally:
         torch.set_num_threads(threads)
     # A fixed threshold, so tests can predict the verdict from the scores they see.
-    update_meta(checkpoint, threshold=dict(TINY_THRESHOLD))
+    update_meta(checkpoint, threshold=dict(TINY_THRESHOLD), calibration=None)
     return checkpoint
 
 
