@@ -382,11 +382,14 @@ def _case_id(case: Case) -> str:
     return f"{case.file}: {case.damage}"
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize(
+    ("galleries", "case"),
+    [pytest.param(factory, case, id=f"{factory}-{_case_id(case)}") for factory in FACTORIES for case in CASES
+     if factory in case.factories],
+    indirect=["galleries"],
+)  # fmt: skip
 def test_damage_is_recovered_or_refused_never_served_wrong(galleries, case, tmp_path):
     factory, a, b = galleries
-    if factory not in case.factories:
-        pytest.skip(f"{factory} has no {case.file}")
     folder = tmp_path / "gallery"
     shutil.copytree(getattr(a, case.state), folder)
     case.apply(folder, a, b)
