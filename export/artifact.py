@@ -11,7 +11,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,17 +65,27 @@ def build_artifact(checkpoint_dir: str | Path, out_dir: str | Path, cfg: ExportC
 
         require_tensorrt()
     started = time.perf_counter()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    build.chmod(0o755)  # mkdtemp makes it private; the artifact is read by servers running as other users
-    try:
+
+    def build(folder: Path) -> dict[str, Any]:
         with _torch_threads(cfg.threads):
-            report = _build(checkpoint_dir, build, name, cfg)
+            return _build(checkpoint_dir, folder, name, cfg)
+
+    return publish_artifact(out_dir, started, build)
+
+
+def publish_artifact(out_dir: Path, started: float, build: Callable[[Path], dict[str, Any]]) -> Path:
+    """Run ``build`` (which fills a folder and returns the export report) in a private folder beside out_dir, write
+    the report, then move the folder into place: a failed build or gate leaves nothing behind."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    folder.chmod(0o755)  # mkdtemp makes it private; the artifact is read by servers running as other users
+    try:
+        report = build(folder)
         report["export_seconds"] = round(time.perf_counter() - started, 2)
-        (build / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-        _move_into_place(build, out_dir)
+        (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        _move_into_place(folder, out_dir)
     except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         raise
     return out_dir
 

@@ -27,7 +27,6 @@ import hashlib
 import importlib
 import json
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -763,24 +762,13 @@ def import_model(source: str, out_dir: str | Path, pre: Preprocessing, cfg: Impo
     iface = inspect_network(net, pre, cfg.output)
     dim = probe_dim(net, iface, pre)
 
-    from export.artifact import REPORT_FILE, _check_replaceable, _move_into_place
+    from export.artifact import _check_replaceable, publish_artifact
 
     try:
         _check_replaceable(out_dir)
     except FileExistsError as exc:
         raise ModelImportError(str(exc)) from None
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    build.chmod(0o755)  # read by servers running as other users
-    try:
-        report = _build(net, iface, pre, dim, cfg, build, name, source)
-        report["export_seconds"] = round(time.perf_counter() - started, 2)
-        (build / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-        _move_into_place(build, out_dir)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    return out_dir
+    return publish_artifact(out_dir, started, lambda folder: _build(net, iface, pre, dim, cfg, folder, name, source))
 
 
 def _build(net, iface, pre, dim, cfg, build: Path, name: str, source: str) -> dict[str, Any]:
