@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 # 2 added the identity-level calibration (``calibration``); a version-1 spec (pair-level ``threshold`` only) still
-# reads, with no calibration.
-SPEC_VERSION = 2
-READABLE_SPEC_VERSIONS = (1, 2)
+# reads, with no calibration. 3 added the gated variants (``variants``); an older spec reads with none recorded.
+SPEC_VERSION = 3
+READABLE_SPEC_VERSIONS = (1, 2, 3)
 SPEC_KEY = "reid_spec"  # key in ONNX metadata_props and in Triton's config.pbtxt parameters
 
 
@@ -104,6 +104,76 @@ class Provenance(_Frozen):
     code_version: str = ""
 
 
+class Retrieval(_Frozen):
+    """rank-1 and mAP of one query set searched in one gallery (the export's evaluation split)."""
+
+    rank1: float = Field(ge=0, le=1)
+    mAP: float = Field(ge=0, le=1)  # noqa: N815
+
+
+class VariantGate(_Frozen):
+    """What a variant's own gate measured against the fp32 model (the fp32 model: against its source network).
+
+    ``retrieval``: the variant's queries in a gallery it embedded itself; ``mAP_drop``: fp32's mAP minus that;
+    ``min_cosine`` / ``max_abs_diff``: the variant's embeddings of the gate's crops and random images against the
+    reference's. A figure the gate did not measure is None. ``rule``: what passing meant, in words.
+    """
+
+    rule: str = ""
+    retrieval: Retrieval | None = None
+    mAP_drop: float | None = None  # noqa: N815
+    min_cosine: float | None = None
+    max_abs_diff: float | None = None
+
+
+class CrossVariantGate(_Frozen):
+    """Whether a variant's embeddings may share a gallery with the fp32 model's, measured in both directions.
+
+    ``queries_in_fp32_gallery``: this variant's queries searched in the gallery embedded by fp32 (a gallery built
+    with fp32, searched by a server running this variant); ``fp32_queries_in_gallery``: the reverse (items added by
+    this variant, searched by fp32). ``mAP_drop`` is the larger drop of the two against fp32 queries in an fp32
+    gallery; ``passed`` when it is at most ``max_mAP_drop``.
+    """
+
+    queries_in_fp32_gallery: Retrieval
+    fp32_queries_in_gallery: Retrieval
+    mAP_drop: float  # noqa: N815
+    rank1_drop: float
+    max_mAP_drop: float  # noqa: N815
+    passed: bool
+
+
+class VariantSpeed(_Frozen):
+    """Median latency of one run, measured by the export on its own host (a figure to compare, not a promise)."""
+
+    device: Literal["cpu", "gpu"]
+    threads: int = Field(ge=0)  # 0: the runtime's default
+    batch: int = Field(gt=0)
+    latency_ms: float = Field(gt=0)
+    batch1_latency_ms: float | None = None
+    speedup_vs_fp32: float | None = None
+    batch1_speedup_vs_fp32: float | None = None
+
+
+class VariantSpec(_Frozen):
+    """One runnable form of the model in the artifact, and whether it passed its gate.
+
+    ``file`` is relative to the artifact folder; None when the variant failed its gate and was not kept. ``device``:
+    where it is meant to run ("any" for the fp32 ONNX file). Every variant computes embeddings comparable with the
+    fp32 model's (same model_id) only as far as ``cross_variant_with_fp32`` measured; fp32 itself has none.
+    """
+
+    name: str = Field(min_length=1)  # "fp32", "int8", "fp16", "tensorrt-fp16", "tensorrt-fp32"
+    file: str | None
+    runtime: Literal["onnxruntime", "tensorrt"]
+    precision: Literal["fp32", "fp16", "int8"]
+    device: Literal["any", "cpu", "gpu"]
+    passed: bool
+    gate: VariantGate = VariantGate()
+    cross_variant_with_fp32: CrossVariantGate | None = None
+    speed: VariantSpeed | None = None
+
+
 class ModelSpec(_Frozen):
     spec_version: int = SPEC_VERSION
     model_id: str = Field(min_length=1)
@@ -117,6 +187,7 @@ class ModelSpec(_Frozen):
     threshold: ThresholdSpec | None = None
     provenance: Provenance = Provenance()
     calibration: Calibration | None = None
+    variants: tuple[VariantSpec, ...] = ()  # empty in a spec older than version 3
 
     @property
     def dim(self) -> int:
@@ -127,6 +198,10 @@ class ModelSpec(_Frozen):
         """Per-image input shape in the model's layout, without the batch axis."""
         h, w = self.input.height, self.input.width
         return (h, w, 3) if self.input.layout == "NHWC" else (3, h, w)
+
+    def variant(self, name: str) -> VariantSpec | None:
+        """The recorded variant called ``name``, or None."""
+        return next((v for v in self.variants if v.name == name), None)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=None)
