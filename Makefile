@@ -74,22 +74,22 @@ index: setup ## bulk-index the crops in GALLERY into GALLERY_DIR with ARTIFACT, 
 	$(PY) -m ingestion.bulk $(GALLERY) --gallery $(GALLERY_DIR) --artifact $(ARTIFACT) --keep-crops
 
 bench: setup ## benchmarks of ARTIFACT (model runtimes, embedders, index types, bulk, HTTP): one table, JSON and plots in bench/
-	$(PY) -m export.bench --artifact $(ARTIFACT) --out bench/models.json
-	$(PY) -m embedders.bench --artifact $(ARTIFACT) --out bench/embedders.json
-	$(PY) -m index.bench --sizes 10000 --dim 2048 --out bench/index.json
-	$(PY) -m index.bench --serving --backend embedded --concurrent --sizes 10000 --queries 2000 $(BENCH_DIM) --out bench/gallery-embedded.json
-	$(PY) -m index.bench --serving --backend milvus-lite --concurrent --sizes 10000 --queries 200 $(BENCH_DIM) --out bench/gallery-milvus-lite.json
-	$(PY) -m ingestion.bench --artifact $(ARTIFACT) --images $(GALLERY) --out bench/bulk.json
-	$(PY) -m client.bench --artifact $(ARTIFACT) --backend both --images $(DATA)/query --fill $(GALLERY) --concurrency 1,8 --out bench
-	$(PY) -m client.bench --artifact $(ARTIFACT) --images $(DATA)/query --fill $(GALLERY) --concurrency 1,8 --stalled 32 --out bench
-	$(PY) -m client.bench_report bench
+	$(PY) -m benchmarks.models --artifact $(ARTIFACT) --out bench/models.json
+	$(PY) -m benchmarks.embedders --artifact $(ARTIFACT) --out bench/embedders.json
+	$(PY) -m benchmarks.gallery --sizes 10000 --dim 2048 --out bench/index.json
+	$(PY) -m benchmarks.gallery --serving --backend embedded --concurrent --sizes 10000 --queries 2000 $(BENCH_DIM) --out bench/gallery-embedded.json
+	$(PY) -m benchmarks.gallery --serving --backend milvus-lite --concurrent --sizes 10000 --queries 200 $(BENCH_DIM) --out bench/gallery-milvus-lite.json
+	$(PY) -m benchmarks.bulk --artifact $(ARTIFACT) --images $(GALLERY) --out bench/bulk.json
+	$(PY) -m benchmarks.http --artifact $(ARTIFACT) --backend both --images $(DATA)/query --fill $(GALLERY) --concurrency 1,8 --out bench
+	$(PY) -m benchmarks.http --artifact $(ARTIFACT) --images $(DATA)/query --fill $(GALLERY) --concurrency 1,8 --stalled 32 --out bench
+	$(PY) -m benchmarks.report bench
 
 # The gallery benchmarks take the demo artifact's embedding size when it exists (512 for the demo model).
 BENCH_DIM = $(if $(wildcard $(ARTIFACT)/spec.json),--artifact $(ARTIFACT),--dim 512)
 
 bench-million: setup ## the gallery backends at 1M vectors of the demo's dimension, with and without a camera filter
-	$(PY) -m index.bench --serving --backend embedded --sizes 1000000 --queries 200 $(BENCH_DIM) --out bench/gallery-embedded-1m.json
-	$(PY) -m index.bench --serving --backend milvus-lite --sizes 1000000 --queries 100 $(BENCH_DIM) --out bench/gallery-milvus-lite-1m.json
+	$(PY) -m benchmarks.gallery --serving --backend embedded --sizes 1000000 --queries 200 $(BENCH_DIM) --out bench/gallery-embedded-1m.json
+	$(PY) -m benchmarks.gallery --serving --backend milvus-lite --sizes 1000000 --queries 100 $(BENCH_DIM) --out bench/gallery-milvus-lite-1m.json
 
 viz: setup ## ranked lists and Grad-CAM attention maps per pyramid level of CKPT (runs/viz/*.png)
 	$(PY) -m training.viz $(CKPT) --data $(DATA) --out runs/viz

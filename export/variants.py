@@ -51,7 +51,7 @@ class Int8Recipe:
     QDQ fusions cannot turn into integer kernels (see _quantisable) so that no float island, with its
     DequantizeLinear/QuantizeLinear pair, is left between the input and the embedding head; ``optimize_offline``
     saves the graph as ONNX Runtime fuses it (QDQ -> QLinear* ops), so a server does not redo it at every start.
-    ``python -m export.bench --int8-steps`` measures what each setting gives.
+    ``python -m benchmarks.models --int8-steps`` measures what each setting gives.
     """
 
     per_channel: bool = True

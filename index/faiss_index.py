@@ -21,7 +21,7 @@ FACTORY_PATTERNS = {
 TRAIN_POINTS_PER_CENTROID = 39  # below this faiss k-means warns that clustering is unreliable
 DEFAULT_EF_SEARCH = 64  # faiss's default of 16 loses recall at k=10
 DEFAULT_NPROBE = 16
-# Batches of up to SMALL_BATCH queries search on one OpenMP thread. Measured with `python -m index.bench
+# Batches of up to SMALL_BATCH queries search on one OpenMP thread. Measured with `python -m benchmarks.gallery
 # --threads` (IndexFlatIP 10k x 512, k=10, faiss-cpu 1.15.1, 2-core host shared with other jobs):
 #   nq=1:  1 thread p50 0.81 ms / p99 0.99 ms;  2 threads p50 1.60 ms / p99 20.0 ms (OpenMP wake-up and spinning)
 #   nq=16: 1 thread p50 15.8 ms / p99 20.4 ms;  2 threads p50 10.8 ms / p99 33.9 ms

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-PACKAGES = ["formats", "training", "export", "embedders", "index", "ingestion", "server", "client"]
+PACKAGES = ["formats", "training", "export", "embedders", "index", "ingestion", "server", "client", "benchmarks"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

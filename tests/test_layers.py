@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["formats", "training", "export", "embedders", "index", "ingestion", "server", "client"]
+PACKAGES = ["formats", "training", "export", "embedders", "index", "ingestion", "server", "client", "benchmarks"]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -43,6 +43,7 @@ def test_the_contracts_hold(tmp_path):
         ("server/routes/search.py", "import training.model", "the serving side never imports torch"),
         ("training/data.py", "import server.errors", "the training side never imports the serving side"),
         ("client/api.py", "import faiss", "the client speaks HTTP"),
+        ("ingestion/bulk.py", "import benchmarks.bulk", "benchmarks import every stage"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(tmp_path, module, line, contract):

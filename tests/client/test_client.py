@@ -221,21 +221,6 @@ def test_cli_add_search_stats_rm_and_index(server_url, tmp_path, capsys):
     assert "404 not_found" in capsys.readouterr().err
 
 
-def test_bench_measures_a_running_server(server_url, tmp_path, capsys):
-    from client.bench import main as bench
-
-    images = tmp_path / "queries"
-    images.mkdir()
-    for i, data in enumerate(CROPS):
-        (images / f"q{i}.png").write_bytes(data)
-    out = tmp_path / "bench"
-    argv = ["--url", server_url, "--api-key", READER, "--images", str(images), "--concurrency", "1,2"]
-    assert bench([*argv, "--requests", "6", "--out", str(out)]) == 0
-    rows = json.loads((out / "api_latency.json").read_text())["results"]
-    assert [(r["concurrency"], r["ok"], r["statuses"]) for r in rows] == [(1, 6, {"200": 6}), (2, 6, {"200": 6})]
-    assert all(r["p50_ms"] <= r["p99_ms"] for r in rows)
-
-
 @pytest.mark.slow
 def test_reid_serve_starts_the_api_from_the_environment(tiny_artifact, tmp_path):
     """`reid serve` runs `python -m server` with REID_* settings, as `make serve` does."""

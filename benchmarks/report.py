@@ -1,13 +1,13 @@
 """One table and the plots from the benchmarks' JSON files (what `make bench` prints last).
 
-    python -m client.bench_report bench [--plots bench]
+    python -m benchmarks.report bench [--plots bench]
 
-Reads, from the folder, whichever of these exist: models.json (python -m export.bench: eager / ONNX Runtime fp32
+Reads, from the folder, whichever of these exist: models.json (python -m benchmarks.models: eager / ONNX Runtime fp32
 / INT8 / TensorRT at batch 1 and 16, ratios, fraction of the compute floor), api_latency.json (python -m
-client.bench: HTTP search p50/p95/p99 and the server's own timings), embedders.json (python -m embedders.bench),
-index.json (python -m index.bench). Prints one markdown table: the model rows, then the HTTP rows beside the
+benchmarks.http: HTTP search p50/p95/p99 and the server's own timings), embedders.json (python -m benchmarks.embedders),
+index.json (python -m benchmarks.gallery). Prints one markdown table: the model rows, then the HTTP rows beside the
 model's time alone (ONNX Runtime fp32 at batch 1, what the server runs per query, measured in-process by
-export.bench), the embed step as the server timed it, and the overhead: at concurrency 1, the median over requests of
+benchmarks.models), the embed step as the server timed it, and the overhead: at concurrency 1, the median over requests of
 latency less the server-timed embed step (HTTP, parsing, decoding, the gallery search, the response).
 Plots (PNG, matplotlib imported only for them): latency.png (p50/p99 and throughput against concurrency),
 index.png (recall@10 against latency per index type), runtimes.png (images/s per runtime and batch size).
@@ -34,7 +34,7 @@ def load(folder: Path) -> dict[str, Any]:
 
 
 def model_alone_ms(models: dict[str, Any] | None) -> float | None:
-    """p50 of one query through the served model, measured in-process (export.bench, batch 1)."""
+    """p50 of one query through the served model, measured in-process (benchmarks.models, batch 1)."""
     for row in (models or {}).get("rows", []):
         if row["runtime"] == SERVED_RUNTIME and row["batch"] == 1:
             return row["p50_ms"]
@@ -175,7 +175,7 @@ def _save(plt, fig, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.bench_report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, nargs="?", default=Path("bench"), help="where the JSON files are")
     parser.add_argument("--plots", type=Path, help="write the PNGs here (default: the folder)")
     parser.add_argument("--no-plots", action="store_true")

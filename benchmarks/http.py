@@ -2,13 +2,13 @@
 decode / embed / search times, so the report can tell the request path's overhead from the model's time).
 
 Against a running server:
-    python -m client.bench --url http://127.0.0.1:8000 --images data/synth/query --concurrency 1,8 --requests 200
+    python -m benchmarks.http --url http://127.0.0.1:8000 --images data/synth/query --concurrency 1,8 --requests 200
 Or let it start the server itself (a temporary gallery filled through the API unless --gallery holds one),
 for one backend or both in turn:
-    python -m client.bench --artifact artifacts/demo --backend both --images data/synth/query --out bench
+    python -m benchmarks.http --artifact artifacts/demo --backend both --images data/synth/query --out bench
 With --stalled N, the same searches idle and then while N uploads stall mid-body (raw sockets that send a head
 with Content-Length and half the body, then nothing), and what the stalled uploads were answered (api_stall.json):
-    python -m client.bench --artifact artifacts/demo --images data/synth/query --concurrency 1 --stalled 32
+    python -m benchmarks.http --artifact artifacts/demo --images data/synth/query --concurrency 1 --stalled 32
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def run_stalled(url: str, args: argparse.Namespace, images: list[bytes], label: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.http", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running server; without it the benchmark starts its own")
     parser.add_argument("--api-key", default=os.environ.get("REID_API_KEY"))
     parser.add_argument("--images", type=Path, default=Path("data/synth/query"), help="query crops")

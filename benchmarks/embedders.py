@@ -1,6 +1,6 @@
 """Embedder throughput and latency: ONNX Runtime in-process (with and without micro-batching) vs a local Triton.
 
-    python -m embedders.bench --artifact artifacts/demo [--out bench/embedders.json] [--requests 128]
+    python -m benchmarks.embedders --artifact artifacts/demo [--out bench/embedders.json] [--requests 128]
 
 Each request is one crop (what a search sends). For every backend and concurrency (1, 8, 32 callers sharing one
 embedder) it reports images/s and the median / p95 request latency; then the per-request overhead of the Triton
@@ -178,7 +178,7 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m embedders.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.embedders", description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", required=True, type=Path, help="artifact folder (model.onnx, model_repository/)")
     parser.add_argument("--out", type=Path, default=Path("bench/embedders.json"))
     parser.add_argument("--requests", type=int, default=128, help="requests per backend and concurrency")

@@ -1,6 +1,6 @@
 """Bulk indexing benchmark: images/s of a whole folder into a gallery beside pure embedding images/s.
 
-    python -m ingestion.bench --artifact artifacts/demo --images data/synth/bounding_box_test --out bench/bulk.json
+    python -m benchmarks.bulk --artifact artifacts/demo --images data/synth/bounding_box_test --out bench/bulk.json
 
 The gap between the two is what decoding, hashing and the gallery's log cost on top of the model.
 """
@@ -62,7 +62,7 @@ def bench_bulk(artifact: Path, images: Path, folder: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ingestion.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bulk", description=__doc__.split("\n\n")[0])
     p.add_argument("--artifact", type=Path, required=True, help="artifact folder with model.onnx")
     p.add_argument("--images", type=Path, required=True, help="folder of crops to index")
     p.add_argument("--workdir", type=Path, default=None, help="where the gallery is built (default: a temp dir)")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="bulk-bench-", dir=args.workdir))
     try:
         report = {
-            "command": " ".join(["python -m ingestion.bench", *(argv if argv is not None else sys.argv[1:])]),
+            "command": " ".join(["python -m benchmarks.bulk", *(argv if argv is not None else sys.argv[1:])]),
             "host": {"cpus": len(os.sched_getaffinity(0)), "machine": platform.machine()},
             "bulk": bench_bulk(args.artifact, args.images, folder),
         }

@@ -1,4 +1,4 @@
-"""export.bench: FLOPs counted from the graph, the table's ratios and floors, a run on the tiny artifact."""
+"""benchmarks.models: FLOPs counted from the graph, the table's ratios and floors, a run on the tiny artifact."""
 
 import json
 
@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.bench import graph_gflop, main, markdown
+from benchmarks.models import graph_gflop, main, markdown
 
 
 def test_graph_gflop_counts_conv_and_gemm_macs_per_image(tmp_path):

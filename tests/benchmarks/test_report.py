@@ -1,11 +1,11 @@
-"""client.bench_report: one table from the benchmarks' JSON (model rows, HTTP rows with the overhead over the
+"""benchmarks.report: one table from the benchmarks' JSON (model rows, HTTP rows with the overhead over the
 model alone) and the plots."""
 
 import json
 
 from PIL import Image
 
-from client.bench_report import main, table
+from benchmarks.report import main, table
 
 MODELS = {
     "model_id": "m",

@@ -1,8 +1,8 @@
 """Model runtimes side by side: PyTorch eager, ONNX Runtime fp32 and INT8 (TensorRT fp16 on a GPU), at batch 1
 and 16, each with its speed-up over eager and over fp32 and the fraction of its compute floor.
 
-    python -m export.bench --artifact artifacts/demo [--checkpoint checkpoints/demo] [--out bench/models.json]
-    python -m export.bench --artifact artifacts/demo --int8-steps --data data/synth   # what each INT8 setting gives
+    python -m benchmarks.models --artifact artifacts/demo [--checkpoint checkpoints/demo] [--out bench/models.json]
+    python -m benchmarks.models --artifact artifacts/demo --int8-steps --data data/synth   # what each INT8 setting gives
 
 The floor of a runtime is the model's GFLOP per image (Conv, Gemm and MatMul counted from the ONNX graph, flip-TTA
 included) over the GFLOP/s that the same runtime's own matrix product reaches in the same run, on the same
@@ -10,8 +10,8 @@ threads: torch.matmul for eager, ONNX Runtime MatMul for fp32, ONNX Runtime MatM
 integer GEMM its QLinearConv uses) for INT8. "% of floor" is how close a runtime comes to that ceiling.
 
 Every cell's calls are spread over interleaved rounds, so other work on a shared host weighs on all alike; read
-the ratios and medians. This module is the torch side of the benchmarks (embedders.bench stays torch-free);
-client.bench_report merges its JSON with the serving benchmarks into one table.
+the ratios and medians. This module is the torch side of the benchmarks (benchmarks.embedders stays torch-free);
+benchmarks.report merges its JSON with the serving benchmarks into one table.
 """
 
 from __future__ import annotations
@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     # OpenMP threads the same policy (read when torch loads), or on a busy host each spinning thread steals the
     # core another needs and eager looks tens of times slower than it is.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", type=Path, required=True, help="artifact folder (model.onnx, model.int8.onnx)")
     parser.add_argument("--checkpoint", type=Path, help="for the eager row (default: the one the artifact names)")
     parser.add_argument("--int8", type=Path, help="an INT8 model to measure instead of the artifact's")
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.artifact / "model.onnx").is_file():
         parser.error(f"{args.artifact} has no model.onnx")
-    command = " ".join(["python -m export.bench", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python -m benchmarks.models", *(argv if argv is not None else sys.argv[1:])])
     if args.int8_steps:
         if args.data is None:
             parser.error("--int8-steps needs --data (calibration images and the retrieval split)")

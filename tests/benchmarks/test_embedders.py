@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from embedders.bench import main
+from benchmarks.embedders import main
 from tests.support import make_spec, write_toy_repository_model
 
 

@@ -1,15 +1,15 @@
 """Index benchmark: search latency, QPS and recall@10 per index type and gallery size, plus open and recovery.
 
-    python -m index.bench --sizes 10000,100000 --dim 2048 --out bench/index.json
-    python -m index.bench --sizes 1000000 --dim 128 --out bench/index-1m.json
-    python -m index.bench --threads-only --out bench/index-threads.json
+    python -m benchmarks.gallery --sizes 10000,100000 --dim 2048 --out bench/index.json
+    python -m benchmarks.gallery --sizes 1000000 --dim 128 --out bench/index-1m.json
+    python -m benchmarks.gallery --threads-only --out bench/index-threads.json
 
 And per gallery backend (--serving; embedded, milvus-lite, or a Milvus server with --milvus-uri): search p50/p99
 at concurrency 4 on an idle gallery and while a writer adds 16 items at a time, as fast as it can (--concurrent),
 and single-query p50/p99 with and without a camera filter at each size:
 
-    python -m index.bench --serving --backend embedded --concurrent --sizes 10000 --artifact artifacts/demo
-    python -m index.bench --serving --backend milvus-lite --sizes 1000000 --dim 512 --out bench/gallery-1m.json
+    python -m benchmarks.gallery --serving --backend embedded --concurrent --sizes 10000 --artifact artifacts/demo
+    python -m benchmarks.gallery --serving --backend milvus-lite --sizes 1000000 --dim 512 --out bench/gallery-1m.json
 
 --dispatch serial runs every gallery call on one thread, as the server did before searches and writes were
 separated (a search waits for the add in front of it); the default, pool, is the server now: searches on a pool
@@ -274,7 +274,7 @@ def artifact_dim(artifact: Path | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m index.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gallery", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10000,100000", help="gallery sizes, comma separated (0: none)")
     p.add_argument("--dim", type=int, default=None, help=f"default 2048 ({DEMO_DIM} with --serving)")
     p.add_argument("--factory", action="append", help="index type(s); default Flat, IVF<~4 sqrt N>,Flat, HNSW32")
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args.dim = args.dim or 2048
 
     report: dict = {
-        "command": " ".join(["python -m index.bench", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python -m benchmarks.gallery", *(argv if argv is not None else sys.argv[1:])]),
         "host": {"cpus": len(os.sched_getaffinity(0)), "machine": platform.machine(), "faiss": faiss.__version__},
         "runs": [],
     }
@@ -332,7 +332,7 @@ def main_serving(args: argparse.Namespace, argv: list[str] | None) -> int:
     dim = artifact_dim(args.artifact) if args.artifact else args.dim or DEMO_DIM
     out = args.out or Path(f"bench/gallery-{args.backend}.json")
     report: dict = {
-        "command": " ".join(["python -m index.bench", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python -m benchmarks.gallery", *(argv if argv is not None else sys.argv[1:])]),
         "host": {"cpus": len(os.sched_getaffinity(0)), "machine": platform.machine(), "faiss": faiss.__version__},
         "runs": [],
     }
