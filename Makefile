@@ -20,7 +20,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 MANIFESTS ?= build/k8s
 
-.PHONY: help setup lint format test test-gpu data baseline train evaluate export triton serve index bench bench-million viz demo manifests clean
+.PHONY: help setup lint docs format test test-gpu data baseline train evaluate export triton serve index bench bench-million viz demo manifests clean
 
 help: ## list the targets, one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,10 +34,14 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP) ## create .venv and install the project with the dev extra (quick when done)
 
-lint: setup ## ruff check, ruff format --check, and the import contracts (lint-imports)
+lint: setup ## ruff check, ruff format --check, the import contracts (lint-imports), and the docs build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mkdocs build --strict
+
+docs: setup ## build the reference pages (docs/, mkdocs.yml) into site/, strict: a broken link, anchor or page fails
+	$(VENV)/bin/mkdocs build --strict
 
 format: setup ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
