@@ -48,11 +48,13 @@ def _make_targets() -> set[str]:
     return set(re.findall(r"^([A-Za-z][\w-]*)\s*:(?!=)", text, re.M))
 
 
-def _module_exists(name: str) -> bool:
+def _runnable(name: str) -> bool:
+    """`python -m name` runs something: a package with a __main__.py, or a module with a __main__ block."""
     parts = name.split(".")
     if (ROOT / parts[0]).is_dir() or (ROOT / f"{parts[0]}.py").is_file():
         path = ROOT.joinpath(*parts)
-        return path.with_suffix(".py").is_file() or (path / "__main__.py").is_file()
+        module = path.with_suffix(".py")
+        return (path / "__main__.py").is_file() or (module.is_file() and "__name__ == " in module.read_text())
     return importlib.util.find_spec(name) is not None
 
 
@@ -107,7 +109,7 @@ def test_make_target_exists(page: str, target: str) -> None:
 
 @pytest.mark.parametrize(("page", "module"), _named(PYTHON_M))
 def test_python_module_exists(page: str, module: str) -> None:
-    assert _module_exists(module), f"{page} names `python -m {module}`, which does not exist"
+    assert _runnable(module), f"{page} names `python -m {module}`, which does not exist or runs nothing"
 
 
 @pytest.mark.parametrize(("page", "command"), _named(REID, group=2))
