@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -25,15 +26,18 @@ SPAN = re.compile(r"`([^`]+)`")
 # A command starts a line or a code span, or follows ; && || | $( (after any VAR=value assignments).
 START = r"(?:^|[;&|(]\s*)(?:[A-Z_]+=\S*\s+)*"
 MAKE = re.compile(START + r"make\s+([a-z][\w-]*)", re.M)
-PYTHON_M = re.compile(r"\b(?:python3?(?:\.\d+)?|torchrun)\b[^\n;&|`]*?\s-m\s+([A-Za-z_][\w.]*)")
-REID = re.compile(START + r"(?:\S*/)?reid((?:\s+--?[\w-]+(?:[= ](?!-)\S+)?)*)\s+([a-z][\w-]*)", re.M)
+# The rest of the command, up to a comment or the next command, holds its flags.
+REST = r"([^\n#;&|`]*)"
+PYTHON_M = re.compile(r"\b(?:python3?(?:\.\d+)?|torchrun)\b[^\n;&|`]*?\s-m\s+([A-Za-z_][\w.]*)" + REST)
+REID = re.compile(START + r"(?:\S*/)?reid((?:\s+--?[\w-]+(?:[= ](?!-)\S+)?)*)\s+([a-z][\w-]*)" + REST, re.M)
+FLAG = re.compile(r"(?<![\w-])(--[a-z][\w-]*)")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def _code(path: Path) -> list[str]:
     """The fenced blocks' lines and the inline code spans (a span broken over two lines joined) of a page."""
     text = path.read_text()
-    blocks = [body for _, body in FENCE.findall(text)]
+    blocks = [body.replace("\\\n", " ") for _, body in FENCE.findall(text)]  # continued lines joined
     prose = FENCE.sub("", text)
     spans = [" ".join(s.split()) for s in SPAN.findall(prose)]
     return [line for block in blocks for line in block.splitlines()] + spans
@@ -43,6 +47,22 @@ def _named(pattern: re.Pattern[str], group: int = 1) -> list[tuple[str, str]]:
     return sorted({(p.name, m.group(group)) for p in PAGES for code in _code(p) for m in pattern.finditer(code)})
 
 
+def _flags(pattern: re.Pattern[str], name: int, *rest: int) -> list[tuple[str, str, str]]:
+    """(page, command, --flag) for every flag written after a command the pattern finds."""
+    found = set()
+    for page in PAGES:
+        for code in _code(page):
+            for m in pattern.finditer(code):
+                found |= {(page.name, m.group(name), f) for g in rest for f in FLAG.findall(m.group(g))}
+    return sorted(found)
+
+
+@cache
+def _sources(folder: str) -> str:
+    return "\n".join(p.read_text() for p in (ROOT / folder).rglob("*.py"))
+
+
+@cache
 def _make_targets() -> set[str]:
     text = (ROOT / "Makefile").read_text()
     return set(re.findall(r"^([A-Za-z][\w-]*)\s*:(?!=)", text, re.M))
@@ -58,6 +78,7 @@ def _runnable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+@cache
 def _reid_subcommands() -> set[str]:
     source = "\n".join(p.read_text() for p in (ROOT / "client").rglob("*.py"))
     return set(re.findall(r"add_parser\(\s*\"([\w-]+)\"", source))
@@ -112,6 +133,20 @@ def test_python_module_exists(page: str, module: str) -> None:
     assert _runnable(module), f"{page} names `python -m {module}`, which does not exist or runs nothing"
 
 
+@pytest.mark.parametrize(
+    ("page", "module", "flag"), [f for f in _flags(PYTHON_M, 1, 2) if (ROOT / f[1].split(".")[0]).is_dir()]
+)
+def test_python_module_flag_exists(page: str, module: str, flag: str) -> None:
+    """A flag a page passes to a module of this project is defined in that module's package."""
+    package = module.split(".")[0]
+    assert f'"{flag}"' in _sources(package), f"{page}: `python -m {module} {flag}`: {package}/ defines no {flag}"
+
+
+@pytest.mark.parametrize(("page", "command", "flag"), _flags(REID, 2, 1, 3))
+def test_reid_flag_exists(page: str, command: str, flag: str) -> None:
+    assert f'"{flag}"' in _sources("client"), f"{page}: `reid {command} {flag}`: the CLI defines no {flag}"
+
+
 @pytest.mark.parametrize(("page", "command"), _named(REID, group=2))
 def test_reid_subcommand_exists(page: str, command: str) -> None:
     assert command in _reid_subcommands(), f"{page} names `reid {command}`, which the CLI does not have"
@@ -133,3 +168,5 @@ def test_the_commands_are_found() -> None:
     assert ("README.md", "demo") in _named(MAKE)
     assert any(module.startswith("benchmarks.") for _, module in _named(PYTHON_M))
     assert ("README.md", "search") in _named(REID, group=2)
+    assert ("README.md", "search", "--api-key") in _flags(REID, 2, 1, 3)
+    assert any(module == "benchmarks.models" and flag == "--artifact" for _, module, flag in _flags(PYTHON_M, 1, 2))
