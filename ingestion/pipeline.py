@@ -173,14 +173,20 @@ class WritePipeline:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         source = iter(items)
-        pending = None
-        while chunk := list(islice(source, batch_size)):
-            task = asyncio.ensure_future(self._prepare(chunk))
+        pending: asyncio.Future[_Batch] | None = None
+        try:
+            while chunk := list(islice(source, batch_size)):
+                prepared = asyncio.ensure_future(self._prepare(chunk))
+                if pending is not None:
+                    yield await self._store(await pending)
+                pending = prepared
             if pending is not None:
                 yield await self._store(await pending)
-            pending = task
-        if pending is not None:
-            yield await self._store(await pending)
+                pending = None
+        finally:
+            if pending is not None and not pending.done():  # stopped early (an error, the caller): no stray work
+                pending.cancel()
+                await asyncio.wait([pending])
 
     # -- the steps ----------------------------------------------------------------------------------------------
 
@@ -224,9 +230,9 @@ class WritePipeline:
         if not pixels:
             return np.zeros((0, spec.dim), np.float32)
         batch = np.stack(pixels)
-        return np.concatenate(
-            [await self.embedder.embed(batch[s]) for s in batch_slices(len(batch), spec.max_batch_size)]
-        )
+        # Slices go out together: a backend with several workers (Triton instances, Ray actors) takes them at once.
+        slices = batch_slices(len(batch), spec.max_batch_size)
+        return np.concatenate(await asyncio.gather(*(self.embedder.embed(batch[s]) for s in slices)))
 
     async def _store(self, batch: _Batch) -> list[Result]:
         """Embed, keep crops, add; then every item's result."""

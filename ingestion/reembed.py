@@ -10,8 +10,8 @@ it, the same id, so clients holding ids keep them. Items whose crop was not kept
 
 Running it again resumes: an item whose content hash the destination holds is not embedded again (the
 gallery's content-hash de-duplication, as ``add_new``), and items added to the source since are picked up. The
-crops go to the destination's crops folder too (hard links where possible), so the new gallery can serve them
-and be upgraded again. At the end it reports, per identity, whether its nearest other identity (the best score
+crops go to the destination's crops folder too, so the new gallery can serve them and be upgraded again. Items go
+through the one write pipeline (ingestion.pipeline), as every other write. The command line is ingestion.cli's. At the end it reports, per identity, whether its nearest other identity (the best score
 between any crop of it and any crop of another person) is the same under both models.
 
 The server keeps refusing a gallery built with another model: serve the result with the new artifact.
@@ -19,29 +19,26 @@ The server keeps refusing a gallery built with another model: serve the result w
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
+import contextlib
+import functools
 import os
-import sys
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
-import numpy as np
 from tqdm import tqdm
 
-from embedders.base import Embedder, create_embedder
-from formats.images import ImageError, decode_image, resize
-from index.crops import DEFAULT_MAX_BYTES, CropStore, crops_folder
-from index.errors import GalleryError
-from index.records import Record, SearchFilter
+from embedders.base import Embedder
+from formats.images import ImageError
+from index.crops import CropStore
+from index.records import SearchFilter
+from ingestion.pipeline import Item, WritePipeline
 
 SCAN_BATCH = 256  # items read from the source per step (and embedded together)
 NEIGHBOUR_K = 16  # first search depth when looking for another identity; widened x4 while none is found
 EXAMPLES = 10
+CROP_NOT_KEPT = "crop not kept"
 
 
 @dataclass
@@ -92,23 +89,19 @@ class Summary:
         return "\n".join(lines)
 
 
-def _decode(data: bytes | None, height: int, width: int) -> np.ndarray | str:
-    if data is None:
-        return "crop not kept"
-    try:
-        return resize(decode_image(data), height, width)
-    except ImageError as exc:
-        return f"undecodable crop ({exc.code})"
+def _kept_crop(store: CropStore | None, digest: str | None) -> bytes:
+    """The crop kept under ``digest``; FileNotFoundError (the pipeline's "unreadable") when there is none."""
+    kept = None
+    if store is not None and digest:
+        with contextlib.suppress(ValueError):  # not a sha256: no crop was ever kept under it
+            kept = store.get(digest)
+    if kept is None:
+        raise FileNotFoundError(CROP_NOT_KEPT)
+    return kept[0]
 
 
-def _crop_bytes(store: CropStore | None, digest: str | None) -> bytes | None:
-    if store is None or not digest:
-        return None
-    try:
-        kept = store.get(digest)
-    except ValueError:  # not a sha256: no crop was ever kept under it
-        return None
-    return None if kept is None else kept[0]
+def _skip_reason(error: Exception) -> str:
+    return f"undecodable crop ({error.code})" if isinstance(error, ImageError) else CROP_NOT_KEPT
 
 
 async def reembed(
@@ -122,17 +115,23 @@ async def reembed(
     workers: int | None = None,
     progress: bool = False,
 ) -> Summary:
-    """Embed the source gallery's kept crops with a started ``embedder`` into ``destination`` (see the module)."""
-    spec = embedder.spec
+    """Embed the source gallery's kept crops with a started ``embedder`` into ``destination`` (see the module),
+    through the write pipeline: under the source ids while the destination takes them, then under new ids."""
     summary = Summary()
     started = time.perf_counter()
-    keep_ids = True  # until the destination refuses an id (it assigned it already): then new ids
     workers = workers or min(4, len(os.sched_getaffinity(0)))
     loop = asyncio.get_running_loop()
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="reembed-decode") as pool,
         tqdm(total=len(source), unit="img", disable=not progress, dynamic_ncols=True) as bar,
     ):
+        writes = WritePipeline(
+            destination,
+            embedder,
+            crops=dst_crops if crops is not None else None,  # the crop first: an item is never there without it
+            keep_ids=True,
+            run_blocking=lambda fn: loop.run_in_executor(pool, fn),
+        )
         after = 0
         while True:
             ids, _, records = await asyncio.to_thread(source.scan, after, batch_size)
@@ -140,66 +139,22 @@ async def reembed(
                 break
             after = int(ids[-1])
             summary.source_items += len(ids)
-            known = await asyncio.to_thread(
-                destination.find_hashes, [r.content_hash for r in records if r.content_hash]
-            )
-            todo = []
-            for item_id, record in zip(ids.tolist(), records, strict=True):
-                if record.content_hash and record.content_hash in known:
+            items = [
+                Item(str(i), functools.partial(_kept_crop, crops, r.content_hash), replace(r, id=i))
+                for i, r in zip(ids.tolist(), records, strict=True)
+            ]
+            for item, result in zip(items, await writes.add(items), strict=True):
+                if result.error is not None:
+                    summary.skip(_skip_reason(result.error))
+                elif not result.added:
                     summary.already += 1
                 else:
-                    todo.append((item_id, record))
-            blobs = [_crop_bytes(crops, r.content_hash) for _, r in todo]
-            decoded = await asyncio.gather(
-                *(loop.run_in_executor(pool, _decode, b, spec.input.height, spec.input.width) for b in blobs)
-            )
-            fresh = [(i, r) for (i, r), d in zip(todo, decoded, strict=True) if not isinstance(d, str)]
-            for d in decoded:
-                if isinstance(d, str):
-                    summary.skip(d)
-            if fresh:
-                pixels = np.stack([d for d in decoded if not isinstance(d, str)])
-                xb = np.concatenate(
-                    [
-                        await embedder.embed(pixels[s : s + spec.max_batch_size])
-                        for s in range(0, len(pixels), spec.max_batch_size)
-                    ]
-                )
-                if dst_crops is not None and crops is not None:
-                    for _, r in fresh:  # the crop first: an item is never in the gallery without it
-                        await asyncio.to_thread(dst_crops.copy_from, crops, r.content_hash)
-                records_out = [_copy(r) for _, r in fresh]
-                if keep_ids:
-                    try:
-                        await asyncio.to_thread(
-                            destination.import_items, [i for i, _ in fresh], xb, records_out, model_id=spec.model_id
-                        )
-                        summary.kept_ids += len(fresh)
-                        summary.embedded += len(fresh)
-                    except (GalleryError, ValueError):
-                        keep_ids = False  # the destination holds other items: new ids from here on
-                if not keep_ids:
-                    stored = await asyncio.to_thread(destination.add_new, xb, records_out, model_id=spec.model_id)
-                    added = sum(was_added for _, was_added in stored)
-                    summary.embedded += added
-                    summary.already += len(stored) - added
+                    summary.embedded += 1
+                    summary.kept_ids += result.id == item.record.id
             bar.update(len(ids))
             bar.set_postfix(embedded=summary.embedded, skipped=sum(summary.skipped.values()))
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _copy(record: Record) -> Record:
-    return Record(
-        person_id=record.person_id,
-        camera_id=record.camera_id,
-        captured_at=record.captured_at,
-        track_id=record.track_id,
-        source=record.source,
-        content_hash=record.content_hash,
-        metadata=dict(record.metadata or {}),
-        added_at=record.added_at,
-    )
 
 
 # -- did the upgrade change who looks like whom? --------------------------------------------------------------
@@ -273,112 +228,9 @@ def _persons(gallery, batch_size: int = 4096) -> set[str]:
         persons.update(r.person_id for r in records if r.person_id is not None)
 
 
-# -- command line --------------------------------------------------------------------------------------------
+if __name__ == "__main__":  # python -m ingestion.reembed, as documented: the command line lives in ingestion.cli
+    import sys
 
+    from ingestion.cli import reembed_main
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ingestion.reembed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--artifact", type=Path, help="the new model's artifact folder (onnx backend)")
-    p.add_argument("--to", dest="destination", required=True, help="destination gallery: folder, milvus://..., or .db")
-    p.add_argument(
-        "--from",
-        dest="source",
-        default=os.environ.get("REID_GALLERY_URI") or os.environ.get("REID_GALLERY_DIR"),
-        help="source gallery (default: REID_GALLERY_URI, else REID_GALLERY_DIR: the gallery the server uses)",
-    )
-    p.add_argument(
-        "--crops",
-        type=Path,
-        default=os.environ.get("REID_CROPS_DIR"),
-        help="the source's kept crops (default: REID_CROPS_DIR, else <source folder>/crops)",
-    )
-    p.add_argument("--to-crops", type=Path, help="where the destination keeps crops (default: <destination>/crops)")
-    p.add_argument("--backend", choices=["onnx", "triton"], default="onnx")
-    p.add_argument("--triton-url", help="Triton address, e.g. localhost:8001 (triton backend)")
-    p.add_argument("--model-name", help="Triton model name (triton backend)")
-    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    p.add_argument("--factory", help="faiss index type of a new destination (default: the source's)")
-    p.add_argument("--batch-size", type=int, default=SCAN_BATCH)
-    p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores, at most 4)")
-    p.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (there is none unless on a terminal)")
-    args = p.parse_args(argv)
-    if args.source is None:
-        p.error("give --from (or set REID_GALLERY_URI / REID_GALLERY_DIR)")
-    if args.backend == "onnx" and args.artifact is None:
-        p.error("the onnx backend needs --artifact")
-    if args.backend == "triton" and args.triton_url is None:
-        p.error("the triton backend needs --triton-url")
-    if args.batch_size < 1:
-        p.error("--batch-size must be at least 1")
-    if os.path.abspath(str(args.source)) == os.path.abspath(args.destination):
-        p.error("--to must be another gallery than --from (a gallery holds one model's embeddings)")
-    return args
-
-
-def _crop_stores(args: argparse.Namespace) -> tuple[CropStore | None, CropStore | None]:
-    src_root = crops_folder(args.source, args.crops)
-    crops = CropStore.open(src_root, DEFAULT_MAX_BYTES) if src_root is not None and Path(src_root).is_dir() else None
-    dst_root = crops_folder(args.destination, args.to_crops)
-    dst = None
-    if dst_root is not None and crops is not None and Path(dst_root).resolve() != Path(crops.root).resolve():
-        dst = CropStore.open(dst_root, int(os.environ.get("REID_CROPS_MAX_BYTES", DEFAULT_MAX_BYTES)))
-    return crops, dst
-
-
-async def _run(args: argparse.Namespace) -> Summary:
-    from index.backends import open_gallery
-
-    embedder = create_embedder(
-        args.backend,
-        artifact=args.artifact,
-        triton_url=args.triton_url,
-        model_name=args.model_name,
-        protocol=args.protocol,
-    )
-    await embedder.start()
-    try:
-        spec = embedder.spec
-        with open_gallery(args.source, readonly=True) as source:
-            crops, dst_crops = _crop_stores(args)
-            if crops is None:
-                raise GalleryError(
-                    "the source gallery has no kept crops (index it with python -m ingestion.bulk --keep-crops, run "
-                    "the server with REID_KEEP_CROPS=true, or give --crops)"
-                )
-            factory = args.factory or source.factory
-            with open_gallery(args.destination, model_id=spec.model_id, dim=spec.dim, factory=factory) as dst:
-                summary = await reembed(
-                    source,
-                    dst,
-                    embedder,
-                    crops,
-                    dst_crops=dst_crops,
-                    batch_size=args.batch_size,
-                    workers=args.workers,
-                    progress=not args.no_progress and sys.stderr.isatty(),
-                )
-                summary.neighbours = await asyncio.to_thread(neighbour_changes, source, dst)
-                # Content-addressed, so a destination without a crops folder of its own can share the source's.
-                summary.crops_dir = str((dst_crops or crops).root)
-        return summary
-    finally:
-        await embedder.close()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        summary = asyncio.run(_run(args))
-    except GalleryError as exc:  # another model in the destination, no crops, a locked or corrupt gallery
-        print(f"reembed: {exc}", file=sys.stderr)
-        return 2
-    print(summary.format())
-    if args.summary_json:
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        args.summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(reembed_main())

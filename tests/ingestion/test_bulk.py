@@ -15,7 +15,8 @@ from client.cli import main as cli_main
 from embedders.base import create_embedder
 from index.crops import CropStore
 from index.gallery import Gallery
-from ingestion.bulk import index_folder, labels_from_path, main
+from ingestion.bulk import index_folder, labels_from_path
+from ingestion.cli import bulk_main as main
 from tests.support import LiveServer, gallery_settings
 
 

@@ -1,6 +1,6 @@
-"""Bulk indexing on Ray Data (local Ray, two actors) builds the gallery the threaded path builds: the same content
-hashes with the same labels, the same skips and counts, the same top-5 answers, the same kept crops; a rerun adds
-nothing; a file that changes before its crop is kept is skipped, never added without it; and the command line
+"""Bulk indexing with the embedding on Ray (local Ray, two actors) builds the gallery the threaded path builds: the
+same content hashes with the same labels, the same skips and counts, the same top-5 answers, the same kept crops; a
+rerun adds nothing; and the command line
 (`python -m ingestion.bulk --ray ADDRESS`, `reid index --ray --keep-crops`) joins a running Ray and writes to a
 Milvus Lite gallery as well."""
 
@@ -19,12 +19,11 @@ ray = pytest.importorskip("ray", reason="the cluster extra (ray[data]) is not in
 from client.cli import main as reid_main  # noqa: E402 (after the skip: without Ray nothing here runs)
 from embedders.base import create_embedder  # noqa: E402
 from formats.images import load_image  # noqa: E402
-from formats.spec import ModelSpec  # noqa: E402
 from index import open_gallery  # noqa: E402
 from index.crops import CropStore  # noqa: E402
 from index.gallery import Gallery  # noqa: E402
-from ingestion import ray_bulk  # noqa: E402
-from ingestion.bulk import index_folder, keep_crops, parse_args  # noqa: E402
+from ingestion.bulk import index_folder  # noqa: E402
+from ingestion.cli import parse_bulk_args as parse_args  # noqa: E402
 from ingestion.ray_bulk import index_folder_ray  # noqa: E402
 
 pytestmark = pytest.mark.slow  # Ray's start and its worker processes take tens of seconds on a shared machine
@@ -121,36 +120,6 @@ def test_ray_gallery_equals_threaded_gallery(ray_address, crops, synth_data, tin
         assert again.indexed == 0 and again.duplicates == first.indexed + first.duplicates
         assert again.skipped == first.skipped and len(g) == first.indexed
         assert kept_files(tmp_path / "ray-crops") == expected_crops
-
-
-def test_a_file_changed_before_its_crop_is_kept_is_skipped_not_added(
-    ray_address, synth_data, tiny_artifact, tmp_path, monkeypatch
-):
-    """The Ray driver reads each file again to keep its crop; a file whose bytes are no longer those the actor
-    embedded is skipped with the reason, and neither it nor its crop goes in."""
-    root = tmp_path / "few"
-    root.mkdir()
-    files = sorted((synth_data / "bounding_box_test").glob("*.jpg"))[:6]
-    for f in files:
-        shutil.copy(f, root / f.name)
-    changed = files[2].name
-
-    def change_then_keep(store, where, batch, blobs=None):
-        if any(rel == changed for rel, _ in batch):  # the file is rewritten between its embedding and its crop
-            (where / changed).write_bytes(files[3].read_bytes())
-        return keep_crops(store, where, batch, blobs)
-
-    monkeypatch.setattr(ray_bulk, "keep_crops", change_then_keep)  # the driver runs in this process
-    spec = ModelSpec.from_json((tiny_artifact / "spec.json").read_text())
-    with Gallery.create(tmp_path / "g", model_id=spec.model_id, dim=spec.dim) as g:
-        store = CropStore.open(tmp_path / "kept")
-        settings = {"backend": "onnx", "artifact": tiny_artifact}
-        summary = index_folder_ray(root, g, spec, settings, batch_size=16, actors=1, crops=store)
-        assert summary.skipped == [(changed, "changed while it was being indexed")]
-        assert summary.indexed == len(files) - 1 and summary.duplicates == 0
-        assert {r.source for r in g.scan(0, 100)[2]} == {f.name for f in files} - {changed}
-        assert set(store.hashes()) == held_hashes(g)
-        assert hashlib.sha256(files[2].read_bytes()).hexdigest() not in set(store.hashes())
 
 
 def test_command_line_joins_a_running_ray_and_writes_to_milvus_lite(

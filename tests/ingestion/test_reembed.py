@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from embedders.onnx import OnnxEmbedder
-from export.import_model import import_model, parse_args
+from export.cli import parse_import_args as parse_args
+from export.import_model import import_model
 from formats.spec import ModelSpec
 from index.backends import open_gallery
 from index.crops import CropStore
-from ingestion.reembed import main, neighbour_changes, reembed
+from ingestion.cli import reembed_main as main
+from ingestion.reembed import neighbour_changes, reembed
 from tests.export import import_nets as nets
 from tests.support import LiveServer, gallery_settings
 
