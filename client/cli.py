@@ -214,13 +214,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reid", description="Person re-identification retrieval: the API's CLI.")
-    parser.add_argument("--url", default=os.environ.get("REID_URL", DEFAULT_URL), help="API base URL (REID_URL)")
-    parser.add_argument("--api-key", default=os.environ.get("REID_API_KEY"), help="API key (REID_API_KEY)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_search_command(sub: argparse._SubParsersAction) -> None:
+    """reid search IMAGE: the identities matching a crop."""
     p = sub.add_parser("search", help="find the identities matching a person crop")
     p.add_argument("image", type=Path)
     p.add_argument("-k", type=int, default=10, help="hits to return (at most 100)")
@@ -233,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=cmd_search)
 
+
+def _add_add_command(sub: argparse._SubParsersAction) -> None:
+    """reid add IMAGES --person P: crops of one person into the gallery."""
     p = sub.add_parser("add", help="add crops of one person to the gallery")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--person", required=True)
@@ -240,14 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", help="a JSON object stored with each image")
     p.set_defaults(run=cmd_add)
 
+
+def _add_rm_command(sub: argparse._SubParsersAction) -> None:
+    """reid rm IDS."""
     p = sub.add_parser("rm", help="remove gallery items by id")
     p.add_argument("ids", nargs="+", type=int)
     p.set_defaults(run=cmd_rm)
 
+
+def _add_stats_command(sub: argparse._SubParsersAction) -> None:
+    """reid stats."""
     p = sub.add_parser("stats", help="gallery size, model and readiness")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_stats)
 
+
+def _add_index_command(sub: argparse._SubParsersAction) -> None:
+    """reid index FOLDER: through the API, or straight into a gallery with --gallery."""
     p = sub.add_parser("index", help="add every crop of a folder (Market-1501 names give person and camera)")
     p.add_argument("folder", type=Path)
     p.add_argument(
@@ -274,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="images per request")
     p.set_defaults(run=cmd_index)
 
+
+def _add_gallery_command(sub: argparse._SubParsersAction) -> None:
+    """reid gallery reembed | copy: galleries worked on directly, no server."""
     gallery = sub.add_parser("gallery", help="work on gallery folders or collections directly (no server)")
     gallery_sub = gallery.add_subparsers(dest="gallery_command", required=True)
     p = gallery_sub.add_parser(
@@ -298,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=20, help="searches compared between the two at the end")
     p.set_defaults(run=cmd_gallery_copy)
 
+
+def _add_calibrate_command(sub: argparse._SubParsersAction) -> None:
+    """reid calibrate GALLERY: the verdict's thresholds from the gallery's own people."""
     p = sub.add_parser(
         "calibrate",
         help="measure the verdict's thresholds on the gallery's own people (leave one identity out) and store them "
@@ -310,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_calibrate)
 
+
+def _add_serve_command(sub: argparse._SubParsersAction) -> None:
+    """reid serve: the API, and a local Triton with --triton."""
     p = sub.add_parser("serve", help="start the API (and, with --triton, a local Triton server)")
     p.add_argument("--artifact", type=Path, help="exported model folder (REID_ARTIFACT)")
     p.add_argument("--gallery", type=Path, help="gallery folder (REID_GALLERY_DIR)")
@@ -318,6 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(run=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reid", description="Person re-identification retrieval: the API's CLI.")
+    parser.add_argument("--url", default=os.environ.get("REID_URL", DEFAULT_URL), help="API base URL (REID_URL)")
+    parser.add_argument("--api-key", default=os.environ.get("REID_API_KEY"), help="API key (REID_API_KEY)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_search_command(sub)
+    _add_add_command(sub)
+    _add_rm_command(sub)
+    _add_stats_command(sub)
+    _add_index_command(sub)
+    _add_gallery_command(sub)
+    _add_calibrate_command(sub)
+    _add_serve_command(sub)
     return parser
 
 

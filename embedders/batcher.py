@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from embedders.base import EmbedderUnavailable
+from embedders.protocol import EmbedderUnavailable
 
 
 class MicroBatcher:

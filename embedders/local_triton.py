@@ -12,7 +12,6 @@ ONNX Runtime and concatenates the requests of a dynamic batch into one session c
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import ctypes.util
 import importlib.util
@@ -319,33 +318,20 @@ class TritonPythonModel:
         ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m embedders.local_triton", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--artifact", required=True, type=Path, help="artifact folder with model_repository/")
-    # Triton's usual 8000-8002 shifted by 10: `make serve` puts the API on 8000.
-    parser.add_argument("--http-port", type=int, default=8010)
-    parser.add_argument("--grpc-port", type=int, default=8011)
-    parser.add_argument("--metrics-port", type=int, default=8012)
-    parser.add_argument("--log-file", type=Path, default=None, help="tritonserver log (default runs/triton/NAME.log)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-
-    # A plain flag, not a threading.Event: the handler runs on the main thread, possibly while Event.wait holds the
-    # Event's lock, and Event.set would then wait on that lock forever.
-    stopping: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
-    log_file = args.log_file or Path("runs/triton") / f"{args.artifact.name}.log"
-    with LocalTriton(args.artifact, args.http_port, args.grpc_port, args.metrics_port, log_file=log_file) as triton:
-        log.info("READY grpc=%s http=%s models=%s", triton.url_grpc, triton.url_http, ",".join(triton.model_names))
-        while not stopping:
-            time.sleep(0.2)
-            if not triton.alive():
-                log.error("tritonserver died; see %s", log_file)
-                return 1
-    log.info("tritonserver stopped")
+def serve_until_stopped(triton: LocalTriton, stopping: list[int], log_file: Path, poll_s: float = 0.2) -> int:
+    """Hold a started Triton until ``stopping`` gets an entry (a signal handler appends to it): 0, or 1 when
+    tritonserver dies first (its log is ``log_file``)."""
+    log.info("READY grpc=%s http=%s models=%s", triton.url_grpc, triton.url_http, ",".join(triton.model_names))
+    while not stopping:
+        time.sleep(poll_s)
+        if not triton.alive():
+            log.error("tritonserver died; see %s", log_file)
+            return 1
+    log.info("stopping tritonserver (signal %d)", stopping[0])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from embedders.cli import local_triton_main
+
+    sys.exit(local_triton_main())

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from embedders.base import (
+from embedders.batcher import MicroBatcher
+from embedders.protocol import (
     Embedder,
     EmbedderBadResponse,
     EmbedderError,
     EmbedderUnavailable,
     batch_slices,
 )
-from embedders.batcher import MicroBatcher
 from formats.spec import SPEC_KEY, ModelSpec
 
 

@@ -1,15 +1,13 @@
 """The Embedder interface: uint8 crops in, L2-normalised float32 embeddings out, plus the spec it serves.
 
-Backends: ``OnnxEmbedder`` (ONNX Runtime in-process, the embedded default) and ``TritonEmbedder`` (a Triton
-Inference Server over gRPC or HTTP). Both check inputs and outputs with the helpers here, so a backend that
-returns the wrong shape, NaN or unnormalised rows is refused the same way whichever it is.
+Backends (embedders.onnx, embedders.triton) import this module; embedders.base builds one from settings. Every
+backend checks inputs and outputs with the helpers here, so a backend that returns the wrong shape, NaN or
+unnormalised rows is refused the same way whichever it is.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -101,33 +99,3 @@ def check_embeddings(embeddings: np.ndarray, n: int, spec: ModelSpec, tolerance:
 def batch_slices(n: int, max_batch: int) -> list[slice]:
     """Consecutive slices of at most max_batch rows covering range(n)."""
     return [slice(i, min(i + max_batch, n)) for i in range(0, n, max_batch)]
-
-
-def create_embedder(
-    backend: Literal["onnx", "triton"],
-    *,
-    artifact: Path | str | None = None,
-    triton_url: str | None = None,
-    model_name: str | None = None,
-    protocol: Literal["grpc", "http"] = "grpc",
-    **options,
-) -> Embedder:
-    """Build (not start) an embedder from settings: "onnx" needs artifact; "triton" needs triton_url and a model
-    name (defaults to the artifact folder's name, which export/ uses as the Triton model name). ``options`` go
-    to the backend's constructor."""
-    if backend == "onnx":
-        from embedders.onnx import OnnxEmbedder
-
-        if artifact is None:
-            raise ValueError("the onnx backend needs artifact (a folder with model.onnx)")
-        return OnnxEmbedder(Path(artifact) / "model.onnx", **options)
-    if backend == "triton":
-        from embedders.triton import TritonEmbedder
-
-        if triton_url is None:
-            raise ValueError("the triton backend needs triton_url")
-        name = model_name or (Path(artifact).name if artifact is not None else None)
-        if not name:
-            raise ValueError("the triton backend needs model_name (or an artifact whose folder name is the model)")
-        return TritonEmbedder(triton_url, name, protocol=protocol, **options)
-    raise ValueError(f"unknown embedder backend {backend!r} (expected 'onnx' or 'triton')")

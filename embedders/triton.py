@@ -24,7 +24,7 @@ import aiohttp
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from embedders.base import (
+from embedders.protocol import (
     Embedder,
     EmbedderBadResponse,
     EmbedderDeadline,

@@ -14,10 +14,7 @@ queries) finds the same top ids with the same scores; a mismatch exits with stat
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -110,31 +107,7 @@ def copy_gallery(
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m index.copy", description=__doc__.split("\n\n")[0])
-    p.add_argument("source", help="gallery folder, milvus://HOST:PORT/COLLECTION or a Milvus Lite .db file")
-    p.add_argument("destination", help="the same forms; created if missing, resumed if a copy was interrupted")
-    p.add_argument("--factory", help="index type of a new destination (default: the source's)")
-    p.add_argument("--batch", type=int, default=BATCH)
-    p.add_argument("--sample", type=int, default=SAMPLE, help="searches compared at the end")
-    args = p.parse_args(argv)
-    report = copy_gallery(
-        args.source,
-        args.destination,
-        factory=args.factory,
-        batch=args.batch,
-        sample=args.sample,
-        progress=sys.stderr.isatty(),  # a bar for people; logs and pipes get the summary only
-    )
-    summary = asdict(report)
-    sys.stderr.write(
-        f"copied {report.copied}, already there {report.skipped}; items {report.source_count} -> "
-        f"{report.destination_count}; {report.searches_checked} searches compared\n"
-    )
-    for line in summary["mismatches"]:
-        sys.stderr.write(f"mismatch: {line}\n")
-    return 0 if report.ok else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from index.cli import copy_main
+
+    raise SystemExit(copy_main())

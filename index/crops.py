@@ -20,8 +20,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from index.backends import parse_uri
 from index.errors import GalleryError
+from index.uri import parse_uri
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 # Magic bytes -> (file suffix, media type): the formats the decoder accepts (formats.images).

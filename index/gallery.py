@@ -87,7 +87,7 @@ class Gallery(GalleryBase):
         nprobe: int | None = None,
         ef_search: int | None = None,
         threads: int | None = None,
-        snapshot_every: int = SNAPSHOT_EVERY,
+        snapshot_every: int | None = None,
         gpu: bool = False,
     ):
         self.path = Path(path)
@@ -95,7 +95,7 @@ class Gallery(GalleryBase):
         self.nprobe = nprobe
         self.ef_search = ef_search
         self.threads = threads or len(os.sched_getaffinity(0))  # for batches above SMALL_BATCH
-        self.snapshot_every = snapshot_every
+        self.snapshot_every = SNAPSHOT_EVERY if snapshot_every is None else snapshot_every
         self.gpu = gpu  # search Flat and IVF indexes on GPU 0 when faiss-gpu sees one (HNSW stays on the CPU)
         self._on_gpu = False
         self._store = Store(self.path / DB, readonly)

@@ -65,10 +65,10 @@ from pymilvus import DataType, MilvusClient, MilvusException
 from pymilvus.exceptions import CollectionNotExistException, ConnectError, ErrorCode, MilvusUnavailableException
 
 from index import metadata as meta
-from index.backends import GalleryURI
 from index.errors import GalleryError, GalleryUnavailable, MissingLog, ModelMismatch
 from index.protocol import GalleryBase
 from index.records import Hit, Record, SearchFilter
+from index.uri import DEFAULT_MILVUS_TIMEOUT_S, GalleryURI
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ QUERY_WINDOW = 16_384  # Milvus' default cap on one query's or search's result s
 LITE_FLUSH_ROWS = 512  # Milvus Lite searches unflushed rows one by one (~0.1 ms each): flush every this many
 DEFAULT_NPROBE = 16
 DEFAULT_EF_SEARCH = 64
-DEFAULT_TIMEOUT_S = 10.0  # deadline of each client call (None: pymilvus' own behaviour, no deadline)
+# Deadline of each client call (None: pymilvus' own behaviour, no deadline).
+DEFAULT_TIMEOUT_S = DEFAULT_MILVUS_TIMEOUT_S
 LOAD_TIMEOUT_S = 600.0  # loading a collection of tens of millions of vectors at open is legitimately slow
 HNSW_EF_CONSTRUCTION = 200
 TEXT_FIELDS = ("person_id", "camera_id", "track_id", "source", "content_hash")

@@ -1,5 +1,6 @@
 """The import contracts of make lint hold, and break when a stage imports against the direction of dependencies."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -54,3 +55,34 @@ def test_a_forbidden_import_breaks_its_contract(tmp_path, module, line, contract
     assert out.returncode != 0
     broken = [row for row in out.stdout.splitlines() if " BROKEN" in row]
     assert any(row.startswith(contract) for row in broken), out.stdout
+
+
+def _cycles(root: Path) -> dict[str, list[list[str]]]:
+    env = {"PYTHONPATH": str(root), "PATH": str(LINT_IMPORTS.parent)}
+    script = ROOT / "tests" / "import_graph.py"
+    out = subprocess.run(
+        [sys.executable, "-P", str(script), *PACKAGES], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_no_package_has_an_import_cycle_among_its_modules():
+    assert _cycles(ROOT) == {name: [] for name in PACKAGES}
+
+
+def test_an_import_hidden_in_a_function_still_closes_a_cycle(tmp_path):
+    root = _copy(tmp_path)
+    uri = root / "index" / "uri.py"
+    uri.write_text(
+        uri.read_text() + "\n\ndef _late():\n    from index.backends import open_gallery  # added by the test\n"
+    )
+    # An import that runs only when the module is the program is no cycle: backends imports protocol.
+    protocol = root / "index" / "protocol.py"
+    protocol.write_text(
+        protocol.read_text() + '\n\nif __name__ == "__main__":\n    import index.backends  # added by the test\n'
+    )
+    cycles = _cycles(root)
+    [cycle] = cycles["index"]
+    assert {"index.backends", "index.uri"} <= set(cycle) and "index.protocol" not in cycle
+    assert all(found == [] for name, found in cycles.items() if name != "index")
