@@ -21,10 +21,12 @@ checked afterwards and one that holds a cannot-link pair is re-clustered with co
 them all), so the result never violates a constraint.
 
 The threshold is a similarity in the units of the verdict calibration (index.calibration): ``calibrate_links``
-runs the gallery's leave-one-identity-out over labelled tracks, and its operating point for a false-link rate
-FAR is the lowest similarity at which at most FAR of the tracks of a person seen nowhere else find another
-person's track at or above it. ``threshold_for`` picks it (or the gallery's crop-level calibration's point when
-no track is labelled: stricter than needed, since track features are steadier than single crops).
+runs its leave-one-identity-out over labelled tracks (tracks whose items carry a person id; the truth in a
+benchmark), and its operating point for a false-link rate FAR is the lowest similarity at which at most FAR of
+the tracks of a person seen nowhere else find another person's track at or above it. Given the cannot-links, the
+pairs the linker may never join are left out, so the rate is the constrained linker's (a lower threshold for the
+same rate: constraints buy recall). ``threshold_for`` picks the point; a gallery with no labelled tracks can only
+fall back on its crop-level calibration, whose rate is indicative (crops and track means score differently).
 
 Without a topology, ``learn_topology`` learns one from confident links (mutual best matches across a camera
 pair above a stricter similarity): per pair, the shortest and longest gap seen, the minimum eased by ``SLACK``.
@@ -42,7 +44,8 @@ API::
     relink(tracks, old_labels, *, threshold, ..., known_ids=None) -> (labels, LinkReport, RelinkReport)
     relabel(old_labels, new_labels, *, known_ids=None) -> (labels, RelinkReport)
     learn_topology(tracks, *, confident, similarity=None, min_links=3) -> Topology
-    calibrate_links(xb, labels, fars=FARS) -> tuple[OperatingPoint, ...];  threshold_for(points, far)
+    calibrate_links(similarity, labels, fars=FARS, *, cannot=None) -> tuple[OperatingPoint, ...]
+    threshold_for(points, far) -> OperatingPoint
 """
 
 from __future__ import annotations
@@ -60,10 +63,10 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import squareform
 
 from formats.spec import Calibration, OperatingPoint
-from index.calibration import FARS, choose, leave_one_identity_out, operating_points
+from index.calibration import FARS, ProbeScores, choose, operating_points
 
 CANNOT = 1e6  # the distance of a cannot-link pair (real distances 1 - cos lie in [0, 2])
-SLACK = 0.25  # a learned minimum transit is eased by this share of its magnitude: few links see the fastest walker
+SLACK = 0.5  # a learned minimum transit is eased by this share of its magnitude: few links see the fastest walker
 LINKAGES = ("average", "complete")
 
 
@@ -469,21 +472,51 @@ def learn_topology(tracks: TrackSet, *, confident: float, similarity=None, min_l
     return Topology(pairs=tuple(pairs), learned=True)
 
 
-def impostor_scores(similarity, labels: Sequence) -> np.ndarray:
-    """Each labelled track's best similarity to a track of another identity (-inf when there is none): the
-    absent-identity scores of the verdict calibration, for any (T, T) similarity (max over crops included)."""
-    s = np.asarray(similarity, dtype=np.float64)
+def _masked(similarity, labels: Sequence, cannot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(similarity with unlabelled columns, cannot-links and the diagonal at -inf, labels, labelled mask)."""
+    s = np.array(similarity, dtype=np.float64)
     lab = np.array([None if x is None else str(x) for x in labels], dtype=object)
+    if s.shape != (len(lab), len(lab)):
+        raise ValueError("similarity must be (T, T) with one label per track")
     known = np.array([x is not None for x in lab], dtype=bool)
-    other = (lab[:, None] != lab[None, :]) & known[None, :]
-    scores = np.where(other, s, -np.inf).max(axis=1, initial=-np.inf)
-    return scores[known]
+    s[:, ~known] = -np.inf
+    np.fill_diagonal(s, -np.inf)
+    if cannot is not None:
+        s[np.asarray(cannot, dtype=bool)] = -np.inf
+    return s, lab, known
 
 
-def calibrate_links(xb, labels: Sequence, fars: Sequence[float] = FARS) -> tuple[OperatingPoint, ...]:
-    """The verdict calibration (index.calibration, leave one identity out) over labelled track features: one
-    operating point per false-link rate, ``reliable`` only with ceil(3 / FAR) identities or more."""
-    return operating_points(leave_one_identity_out(xb, labels), fars)
+def impostor_scores(similarity, labels: Sequence, *, cannot=None) -> np.ndarray:
+    """Each labelled track's best similarity to a track of another identity that it could be linked to (-inf
+    when there is none): the absent-identity scores of the verdict calibration, from any (T, T) similarity."""
+    s, lab, known = _masked(similarity, labels, cannot)
+    other = lab[:, None] != lab[None, :]
+    return np.where(other, s, -np.inf).max(axis=1, initial=-np.inf)[known]
+
+
+def calibrate_links(
+    similarity, labels: Sequence, fars: Sequence[float] = FARS, *, cannot=None
+) -> tuple[OperatingPoint, ...]:
+    """The verdict calibration (index.calibration's leave one identity out, its operating points) over labelled
+    tracks: a track is an absent-identity probe against the other identities' tracks and, when its identity has
+    another track, an enrolled probe against all tracks but itself. With ``cannot`` ((T, T) bool, e.g.
+    ``cannot_link``) the pairs the linker may never join are left out of both, so the threshold at a false-link
+    rate is the constrained linker's. Unlabelled tracks are never an identity. One operating point per rate,
+    ``reliable`` only with ceil(3 / FAR) identities or more."""
+    s, lab, known = _masked(similarity, labels, cannot)
+    same = lab[:, None] == lab[None, :]
+    absent = np.where(~same, s, -np.inf).max(axis=1, initial=-np.inf)[known]
+    has_own = (np.where(same, s, -np.inf).max(axis=1, initial=-np.inf) > -np.inf) & known
+    best = np.argmax(s[has_own], axis=1) if has_own.any() else np.zeros(0, dtype=np.int64)
+    scores = ProbeScores(
+        absent=absent,
+        absent_identity=lab[known],
+        enrolled=s[has_own].max(axis=1, initial=-np.inf) if has_own.any() else np.empty(0),
+        enrolled_correct=lab[best] == lab[has_own],
+        gallery_identities=len(set(lab[known].tolist())),
+        gallery_crops=len(lab),
+    )
+    return operating_points(scores, fars)
 
 
 def threshold_for(points: Calibration | Sequence[OperatingPoint], far: float) -> OperatingPoint:
