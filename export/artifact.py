@@ -22,32 +22,26 @@ import onnx
 import onnxruntime
 import torch
 
-from export.config import ExportConfig, check_model_name
-from export.onnx_export import export_onnx
-from export.parity import (
-    ParityData,
-    compare,
-    load_parity_data,
-    ort_embed,
-    ort_session,
-    retrieval_metrics,
-    run_gate,
-)
-from export.spec import build_spec
+from export.config import ExportConfig, GateTolerances, check_model_name
+from export.onnx_export import export_onnx, write_spec
+from export.parity import ParityData, load_parity_data, run_gate, torch_reference
+from export.spec import checkpoint_spec
 from export.triton_repo import write_model_repository
-from export.variants import convert_fp16, int8_decision, median_latency_ms, quantize_int8
+from export.variant_gates import (
+    ONNX_FILE,
+    PLAN_FILE,
+    fp16_variant,
+    fp32_variant,
+    int8_variant,
+    tensorrt_variant,
+)
 from export.wrap import ServingModel
-from formats.spec import ModelSpec
+from formats.spec import ModelSpec, VariantSpec
 from training.checkpoint import MODEL_FILE, load_checkpoint
 
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-FP16_FILE = "model.fp16.onnx"
-PLAN_FILE = "model.plan"
 SPEC_FILE = "spec.json"
 REPORT_FILE = "export_report.json"
 REPOSITORY_DIR = "model_repository"
-TIMING_BATCH = 16
 SYNTH_IDS, SYNTH_CAMS = 12, 3  # the fallback parity set: ~60 train, ~40 test images, a few seconds
 
 
@@ -59,7 +53,7 @@ def build_artifact(checkpoint_dir: str | Path, out_dir: str | Path, cfg: ExportC
     """
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     name = check_model_name(cfg.name or out_dir.name)
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     if cfg.tensorrt:
         from export.tensorrt import require_tensorrt
 
@@ -92,7 +86,7 @@ def publish_artifact(out_dir: Path, started: float, build: Callable[[Path], dict
 
 def _build(checkpoint_dir: Path, build: Path, name: str, cfg: ExportConfig) -> dict[str, Any]:
     model, meta = load_checkpoint(checkpoint_dir)
-    spec = build_spec(
+    spec = checkpoint_spec(
         meta,
         checkpoint_dir / MODEL_FILE,
         dim=model.feature_dim,
@@ -112,13 +106,7 @@ def _build(checkpoint_dir: Path, build: Path, name: str, cfg: ExportConfig) -> d
     onnx_path = build / ONNX_FILE
     t0 = time.perf_counter()
     export_onnx(ServingModel(model, mean, std, cfg.flip_tta).eval(), spec, onnx_path, opset=cfg.opset)
-    report["onnx"] = {
-        "file": ONNX_FILE,
-        "bytes": onnx_path.stat().st_size,
-        "opset": cfg.opset,
-        "nodes": len(onnx.load_model(str(onnx_path), load_external_data=False).graph.node),
-        "export_seconds": round(time.perf_counter() - t0, 2),
-    }
+    report["onnx"] = onnx_report(onnx_path, cfg.opset) | {"export_seconds": round(time.perf_counter() - t0, 2)}
 
     with _parity_root(cfg, meta, spec) as (root, dataset, source):
         t0 = time.perf_counter()
@@ -132,101 +120,99 @@ def _build(checkpoint_dir: Path, build: Path, name: str, cfg: ExportConfig) -> d
             calibration_images=cfg.calibration_images,
             seed=cfg.seed,
         )
-    gate, features = run_gate(
-        model, onnx_path, data, mean=mean, std=std, flip_tta=cfg.flip_tta, tol=cfg.tolerances, threads=cfg.threads
-    )
+    reference = torch_reference(model, mean, std, cfg.flip_tta)
+    gate, features = run_gate(reference, onnx_path, data, cfg.tolerances, reference_name="torch", threads=cfg.threads)
     gate["data_source"] = source
     gate["seconds"] = round(time.perf_counter() - t0, 2)
     report["gate"] = gate
-    onnx_metrics = gate["retrieval"]["onnx"]
 
-    report["int8"] = _int8_variant(build, onnx_path, data, onnx_metrics, cfg) if cfg.int8 else {"enabled": False}
-    report["fp16"] = _fp16_variant(build, onnx_path, data, features, cfg) if cfg.fp16 else {"enabled": False}
-
+    reports, variants = gate_variants(
+        build, onnx_path, data, gate, features, cfg.tolerances, threads=cfg.threads, int8=cfg.int8, fp16=cfg.fp16
+    )
+    report |= reports
     served = onnx_path
     report["tensorrt"] = {"enabled": False}
     if cfg.tensorrt:
-        from export.tensorrt import build_plan, gate_plan
-
-        t0 = time.perf_counter()
-        plan = build_plan(onnx_path, build / PLAN_FILE, spec, cfg.trt_precision)
-        trt_report = gate_plan(plan, spec, data, features, onnx_metrics, cfg.trt_precision, cfg.tolerances)
-        trt_report.update(enabled=True, file=PLAN_FILE, bytes=plan.stat().st_size)
-        trt_report["seconds"] = round(time.perf_counter() - t0, 2)
-        report["tensorrt"] = trt_report
-        served = plan
-
-    model_dir = write_model_repository(build / REPOSITORY_DIR, spec, name, served)
-    report["triton"] = {"model_name": name, "config": str(model_dir.relative_to(build) / "config.pbtxt")}
-    (build / SPEC_FILE).write_text(spec.model_dump_json(indent=2) + "\n")
+        report["tensorrt"], trt_variant = _tensorrt_variant(build, onnx_path, spec, data, gate, features, cfg)
+        variants.append(trt_variant)
+        served = build / PLAN_FILE
+    finish_artifact(build, spec, name, served, variants, report)
     return report
 
 
-def _int8_variant(
-    build: Path, onnx_path: Path, data: ParityData, onnx_metrics: dict[str, float], cfg: ExportConfig
-) -> dict[str, Any]:
-    int8_path = build / INT8_FILE
+def _tensorrt_variant(
+    build: Path,
+    onnx_path: Path,
+    spec: ModelSpec,
+    data: ParityData,
+    gate: dict[str, Any],
+    features: dict[str, np.ndarray],
+    cfg: ExportConfig,
+) -> tuple[dict[str, Any], VariantSpec]:
+    from export.tensorrt import build_plan, gate_plan
+
     t0 = time.perf_counter()
-    quantize_int8(onnx_path, int8_path, data.calibration)
-    fp32_session, int8_session = ort_session(onnx_path, cfg.threads), ort_session(int8_path, cfg.threads)
-    metrics = retrieval_metrics(
-        ort_embed(int8_session, data.query.images), ort_embed(int8_session, data.gallery.images), data
-    )
-    batch = data.crops[:TIMING_BATCH]
-    fp32_ms, int8_ms = median_latency_ms(fp32_session, batch), median_latency_ms(int8_session, batch)
-    single_fp32_ms, single_int8_ms = (
-        median_latency_ms(fp32_session, batch[:1]),
-        median_latency_ms(int8_session, batch[:1]),
-    )
-    ship, reason = int8_decision(onnx_metrics["mAP"], metrics["mAP"], cfg.tolerances.int8_max_map_drop)
-    result = {
-        "enabled": True,
-        "shipped": ship,
-        "decision": reason,
-        "file": INT8_FILE if ship else None,
-        "bytes": int8_path.stat().st_size,
-        "calibration_images": len(data.calibration),
-        "fp32": onnx_metrics,
-        "int8": metrics,
-        "mAP_change": metrics["mAP"] - onnx_metrics["mAP"],
-        "rank1_change": metrics["rank1"] - onnx_metrics["rank1"],
-        "latency_ms": {"batch": len(batch), "threads": cfg.threads or "default", "fp32": fp32_ms, "int8": int8_ms},
-        "speedup": fp32_ms / int8_ms,
-        "latency_ms_batch1": {"fp32": single_fp32_ms, "int8": single_int8_ms},
-        "speedup_batch1": single_fp32_ms / single_int8_ms,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    if not ship:
-        int8_path.unlink()
-    return result
+    plan = build_plan(onnx_path, build / PLAN_FILE, spec, cfg.trt_precision)
+    onnx_metrics = gate["retrieval"]["onnx"]
+    trt_report, plan_features = gate_plan(plan, spec, data, features, onnx_metrics, cfg.trt_precision, cfg.tolerances)
+    trt_report.update(enabled=True, file=PLAN_FILE, bytes=plan.stat().st_size)
+    trt_report["seconds"] = round(time.perf_counter() - t0, 2)
+    variant = tensorrt_variant(trt_report, plan_features, features, data, onnx_metrics, cfg.tolerances)
+    return trt_report, variant
 
 
-def _fp16_variant(
-    build: Path, onnx_path: Path, data: ParityData, fp32_features: dict[str, np.ndarray], cfg: ExportConfig
-) -> dict[str, Any]:
-    """model.fp16.onnx, checked on ONNX Runtime's CPU kernels against the fp32 model on the crops and random
-    images (GPU kernels round a little differently; the TensorRT gate covers a GPU path). Shipped when its
-    cosine meets the fp16 tolerance. No mAP here: fp16 on a CPU is slower than fp32, and this file is for GPUs."""
-    fp16_path = convert_fp16(onnx_path, build / FP16_FILE)
-    session = ort_session(fp16_path, cfg.threads)
-    figures = {
-        name: compare(fp32_features[name], ort_embed(session, images))
-        for name, images in (("crops", data.crops), ("random", data.noise))
+def onnx_report(onnx_path: Path, opset: int) -> dict[str, Any]:
+    return {
+        "file": ONNX_FILE,
+        "bytes": onnx_path.stat().st_size,
+        "opset": opset,
+        "nodes": len(onnx.load_model(str(onnx_path), load_external_data=False).graph.node),
     }
-    min_cosine = min(f["min_cosine"] for f in figures.values())
-    ship = min_cosine >= cfg.tolerances.trt_fp16_min_cosine
-    result = {
-        "enabled": True,
-        "shipped": ship,
-        "file": FP16_FILE if ship else None,
-        "bytes": fp16_path.stat().st_size,
-        "vs_fp32": figures,
-        "min_cosine": min_cosine,
-        "min_cosine_required": cfg.tolerances.trt_fp16_min_cosine,
-    }
-    if not ship:
-        fp16_path.unlink()
-    return result
+
+
+def gate_variants(
+    build: Path,
+    onnx_path: Path,
+    data: ParityData,
+    gate: dict[str, Any],
+    features: dict[str, np.ndarray],
+    tol: GateTolerances,
+    *,
+    threads: int,
+    int8: bool,
+    fp16: bool,
+) -> tuple[dict[str, Any], list[VariantSpec]]:
+    """The INT8 and fp16 variants of a model.onnx that passed the parity gate (``gate``, ``features``), each gated
+    against it: ({"int8": report, "fp16": report}, the records of fp32 and of every variant built)."""
+    fp32_metrics = gate["retrieval"]["onnx"]
+    reports: dict[str, Any] = {"int8": {"enabled": False}, "fp16": {"enabled": False}}
+    variants: list[VariantSpec] = []
+    fp32_speed = None
+    if int8:
+        reports["int8"], record, fp32_speed = int8_variant(build, onnx_path, data, features, fp32_metrics, tol, threads)
+        variants.append(record)
+    if fp16:
+        reports["fp16"], record = fp16_variant(build, onnx_path, data, features, fp32_metrics, tol, threads)
+        variants.append(record)
+    return reports, [fp32_variant(gate, tol, fp32_speed), *variants]
+
+
+def finish_artifact(
+    build: Path, spec: ModelSpec, name: str, served: Path, variants: list[VariantSpec], report: dict[str, Any]
+) -> None:
+    """Write the final spec, with the variants' records, everywhere a reader may take it from: every kept ONNX
+    file's metadata, the Triton model repository (serving ``served``) and spec.json; the report gets the Triton
+    entry and the files' final sizes."""
+    spec = spec.model_copy(update={"variants": tuple(variants)})
+    for variant in variants:
+        if variant.file and variant.file.endswith(".onnx"):
+            write_spec(build / variant.file, spec)
+    model_dir = write_model_repository(build / REPOSITORY_DIR, spec, name, served)
+    (build / SPEC_FILE).write_text(spec.model_dump_json(indent=2) + "\n")
+    report["triton"] = {"model_name": name, "config": str(model_dir.relative_to(build) / "config.pbtxt")}
+    for entry in report.values():
+        if isinstance(entry, dict) and entry.get("file") and "bytes" in entry:
+            entry["bytes"] = (build / entry["file"]).stat().st_size
 
 
 @contextlib.contextmanager
@@ -266,7 +252,7 @@ def synthetic_parity_set(seed: int, height: int, width: int) -> Iterator[Path]:
         )
 
 
-def _check_replaceable(out_dir: Path) -> None:
+def check_replaceable(out_dir: Path) -> None:
     """Only an earlier artifact (or an empty folder) may be replaced: never a folder of someone else's files."""
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / REPORT_FILE).is_file():
         raise FileExistsError(

@@ -100,3 +100,10 @@ def read_spec_json(path: Path) -> str:
     if SPEC_KEY not in props:
         raise ValueError(f"{path} has no {SPEC_KEY!r} metadata: it was not exported by export/")
     return props[SPEC_KEY]
+
+
+def write_spec(path: Path, spec: ModelSpec) -> None:
+    """Replace the spec in an ONNX file's metadata_props (the graph and weights are saved back unchanged)."""
+    model = onnx.load_model(str(path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, SPEC_KEY: spec.to_json()})
+    onnx.save_model(model, str(path))

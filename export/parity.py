@@ -1,12 +1,15 @@
-"""The parity gate: the exported model must compute what the PyTorch eval path computes, on the same pixels.
+"""The parity gate: the exported model must compute what its reference computes, on the same pixels.
 
-Images are decoded and resized by formats.images (as in training and serving). The PyTorch side is the
-training evaluation path (torchvision ToDtype(scale) + Normalize with the checkpoint's mean/std, then
-APNet.embed), written independently of export.wrap so that a preprocessing bug in the graph shows up here.
+One gate for native exports and imported networks. Images are decoded and resized by formats.images (as in
+training and serving). A native export's reference is the training evaluation path (torchvision ToDtype(scale)
++ Normalize with the checkpoint's mean/std, then APNet.embed), written independently of export.wrap so that a
+preprocessing bug in the graph shows up here; an imported network's is the bare network fed its declared
+preprocessing computed in numpy (export.import_model.reference_embed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,66 +140,70 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     return {"max_abs_diff": float(np.abs(ref - cand).max()), "min_cosine": float(cosine.min())}
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def retrieval_metrics(query_features: np.ndarray, gallery_features: np.ndarray, data: ParityData) -> dict[str, float]:
-    """rank-1 and mAP (Market-1501 protocol) with cosine distance on L2-normalised features."""
-    distmat = 1.0 - query_features.astype(np.float64) @ gallery_features.astype(np.float64).T
+    """rank-1 and mAP (Market-1501 protocol) with cosine distance (rows are L2-normalised here)."""
+    distmat = 1.0 - unit(query_features.astype(np.float64)) @ unit(gallery_features.astype(np.float64)).T
     cmc, mean_ap, _ = evaluate_rank(
         distmat, data.query.pids, data.gallery.pids, data.query.camids, data.gallery.camids, max_rank=10
     )
     return {"rank1": float(cmc[0]), "mAP": mean_ap}
 
 
+Reference = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, 3) RGB -> float32 (N, D): what must be matched
+
+
+def torch_reference(
+    model: torch.nn.Module, mean: tuple[float, ...], std: tuple[float, ...], flip_tta: bool
+) -> Reference:
+    """The native export's reference: the PyTorch eval path (``torch_embed``)."""
+    return lambda images: torch_embed(model, images, mean, std, flip_tta)
+
+
 def run_gate(
-    model: torch.nn.Module,
+    reference: Reference,
     onnx_path: Path,
     data: ParityData,
-    *,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    flip_tta: bool,
     tol: GateTolerances,
+    *,
+    reference_name: str,
+    unit_length: bool = True,
     threads: int = 0,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Run the fp32 gate: (report, ONNX Runtime features of crops/random/query/gallery), or raise GateError."""
+    """The one fp32 parity gate of native exports and imported networks: ``onnx_path`` (ONNX Runtime, uint8 in)
+    against ``reference`` on batches 1/7/16 of crops and of random images, a batch against single runs, and
+    rank-1/mAP on the query/gallery split. Returns (report, ONNX Runtime features of crops/random/query/gallery),
+    or raises GateError.
+
+    With ``unit_length`` False (an imported network whose output is not normalised) the differences are judged
+    relative to the embeddings' size (1e-4 of a norm-30 vector is 3e-3).
+    """
     session = ort_session(onnx_path, threads)
     failures: list[str] = []
-    features: dict[str, np.ndarray] = {}
-    report: dict[str, Any] = {"data_root": data.root, "images": data.counts, "tolerances": asdict(tol)}
-
-    per_batch: dict[str, dict[str, dict[str, float]]] = {}
-    batch_vs_single: dict[str, float] = {}
-    for name, images in (("crops", data.crops), ("random", data.noise)):
-        reference = torch_embed(model, images, mean, std, flip_tta)
-        singles = ort_embed(session, images, batch_size=1)
-        outputs = {b: singles[:b] if b == 1 else ort_embed(session, images[:b], batch_size=b) for b in PARITY_BATCHES}
-        per_batch[name] = {}
-        for b, output in outputs.items():
-            figures = compare(reference[:b], output)
-            per_batch[name][str(b)] = figures
-            if figures["max_abs_diff"] > tol.max_abs_diff:
-                failures.append(f"{name} batch {b}: max |diff| {figures['max_abs_diff']:.2e} > {tol.max_abs_diff}")
-            if figures["min_cosine"] < tol.min_cosine:
-                failures.append(f"{name} batch {b}: cosine {figures['min_cosine']:.7f} < {tol.min_cosine}")
-        whole = features[name] = outputs[NUM_PARITY_IMAGES]
-        batch_vs_single[name] = float(np.abs(whole - singles).max())
-        if batch_vs_single[name] > tol.batch_vs_single:
-            failures.append(
-                f"{name}: batch of {len(images)} vs single runs differ by {batch_vs_single[name]:.2e} "
-                f"> {tol.batch_vs_single}"
-            )
+    report: dict[str, Any] = {
+        "reference": reference_name,
+        "data_root": data.root,
+        "images": data.counts,
+        "tolerances": asdict(tol),
+    }
+    per_batch, batch_vs_single, features = _batch_checks(reference, session, data, tol, unit_length, failures)
     report["fp32"] = per_batch
     report["batch_vs_single_max_abs_diff"] = batch_vs_single
+    figures = [f for group in per_batch.values() for f in group.values()]
+    report["max_abs_diff"] = max(f["max_abs_diff"] for f in figures)
+    report["min_cosine"] = min(f["min_cosine"] for f in figures)
 
-    torch_metrics = retrieval_metrics(
-        torch_embed(model, data.query.images, mean, std, flip_tta),
-        torch_embed(model, data.gallery.images, mean, std, flip_tta),
-        data,
+    reference_metrics = retrieval_metrics(
+        unit(reference(data.query.images)), unit(reference(data.gallery.images)), data
     )
     features["query"] = ort_embed(session, data.query.images)
     features["gallery"] = ort_embed(session, data.gallery.images)
     onnx_metrics = retrieval_metrics(features["query"], features["gallery"], data)
-    deltas = {k: abs(torch_metrics[k] - onnx_metrics[k]) for k in ("rank1", "mAP")}
-    report["retrieval"] = {"torch": torch_metrics, "onnx": onnx_metrics, "delta": deltas}
+    deltas = {k: abs(reference_metrics[k] - onnx_metrics[k]) for k in ("rank1", "mAP")}
+    report["retrieval"] = {"reference": reference_metrics, "onnx": onnx_metrics, "delta": deltas}
     for k, delta in deltas.items():
         if delta > tol.retrieval_delta:
             failures.append(f"retrieval {k} differs by {delta:.4f} > {tol.retrieval_delta}")
@@ -206,3 +213,38 @@ def run_gate(
     if failures:
         raise GateError(failures, report)
     return report, features
+
+
+def _batch_checks(
+    reference: Reference,
+    session: ort.InferenceSession,
+    data: ParityData,
+    tol: GateTolerances,
+    unit_length: bool,
+    failures: list[str],
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float], dict[str, np.ndarray]]:
+    """Per batch size figures, batch-vs-single differences and the whole-batch features of crops and random images;
+    appends what fails to ``failures``."""
+    per_batch: dict[str, dict[str, dict[str, float]]] = {}
+    batch_vs_single: dict[str, float] = {}
+    features: dict[str, np.ndarray] = {}
+    for name, images in (("crops", data.crops), ("random", data.noise)):
+        expected = reference(images)
+        size = 1.0 if unit_length else max(1.0, float(np.linalg.norm(expected, axis=1).max()))
+        max_abs_diff, single_diff = tol.max_abs_diff * size, tol.batch_vs_single * size
+        singles = ort_embed(session, images, batch_size=1)
+        outputs = {b: singles[:b] if b == 1 else ort_embed(session, images[:b], batch_size=b) for b in PARITY_BATCHES}
+        per_batch[name] = {}
+        for b, output in outputs.items():
+            figures = per_batch[name][str(b)] = compare(expected[:b], output)
+            if figures["max_abs_diff"] > max_abs_diff:
+                failures.append(f"{name} batch {b}: max |diff| {figures['max_abs_diff']:.2e} > {max_abs_diff:.2e}")
+            if figures["min_cosine"] < tol.min_cosine:
+                failures.append(f"{name} batch {b}: cosine {figures['min_cosine']:.7f} < {tol.min_cosine}")
+        whole = features[name] = outputs[NUM_PARITY_IMAGES]
+        batch_vs_single[name] = float(np.abs(whole - singles).max())
+        if batch_vs_single[name] > single_diff:
+            failures.append(
+                f"{name}: batch of {len(images)} vs single runs differ by {batch_vs_single[name]:.2e} > {single_diff:.2e}"
+            )
+    return per_batch, batch_vs_single, features

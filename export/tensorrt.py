@@ -110,8 +110,9 @@ def gate_plan(
     onnx_metrics: dict[str, float],
     precision: str,
     tol: GateTolerances,
-) -> dict[str, Any]:
-    """The plan against ONNX Runtime fp32 (``onnx_features`` of crops, random, query, gallery): cosine and mAP."""
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The plan against ONNX Runtime fp32 (``onnx_features`` of crops, random, query, gallery): cosine and mAP.
+    Returns (report, the plan's features of the same images), or raises GateError."""
     min_cosine, map_delta = (
         (tol.trt_fp16_min_cosine, tol.trt_fp16_map_delta)
         if precision == "fp16"
@@ -136,4 +137,4 @@ def gate_plan(
     report["failures"] = failures
     if failures:
         raise GateError(failures, report)
-    return report
+    return report, features

@@ -56,6 +56,30 @@ def test_report_records_a_passing_gate_within_tolerance(tiny_artifact):
     assert report["onnx"]["bytes"] == (tiny_artifact / "model.onnx").stat().st_size
 
 
+def test_spec_records_each_variant_the_export_built_with_its_gate(tiny_artifact):
+    """fp32 always (it passed the parity gate); fp16 (the fixture's only other variant) with its own gate and the
+    cross-variant figures; every kept file carries the same spec; no INT8 record, as none was built."""
+    spec = ModelSpec.from_json((tiny_artifact / "spec.json").read_text())
+    report = json.loads((tiny_artifact / REPORT_FILE).read_text())
+    assert [v.name for v in spec.variants] == ["fp32", "fp16"] and spec.variant("int8") is None
+    fp32, fp16 = spec.variants
+    assert (fp32.file, fp32.precision, fp32.device, fp32.passed) == ("model.onnx", "fp32", "any", True)
+    assert fp32.cross_variant_with_fp32 is None
+    assert fp32.gate.retrieval.mAP == report["gate"]["retrieval"]["onnx"]["mAP"]
+    assert fp32.gate.max_abs_diff == report["gate"]["max_abs_diff"] <= report["gate"]["tolerances"]["max_abs_diff"]
+    assert (fp16.precision, fp16.device, fp16.runtime) == ("fp16", "gpu", "onnxruntime")
+    assert fp16.passed == report["fp16"]["shipped"] == (fp16.gate.min_cosine >= 0.999)
+    assert fp16.file == ("model.fp16.onnx" if fp16.passed else None)
+    cross = fp16.cross_variant_with_fp32
+    assert cross.model_dump() == report["fp16"]["cross_variant"]
+    worst = min(cross.queries_in_fp32_gallery.mAP, cross.fp32_queries_in_gallery.mAP)
+    assert cross.mAP_drop == pytest.approx(fp32.gate.retrieval.mAP - worst)
+    assert cross.passed == (cross.mAP_drop <= cross.max_mAP_drop)
+    for variant in spec.variants:
+        if variant.file:
+            assert spec_from_onnx(tiny_artifact / variant.file) == spec
+
+
 def test_onnx_interface_is_uint8_nhwc_in_float_embeddings_out_with_dynamic_batch(session):
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, inp.type, inp.shape) == ("images", "tensor(uint8)", ["batch", TINY_HEIGHT, TINY_WIDTH, 3])

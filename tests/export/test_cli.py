@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from export.__main__ import parse_args
+from export.cli import parse_args
 from export.config import ExportConfig
 from tests.conftest import HAS_GPU
 

@@ -23,8 +23,10 @@ from onnx import TensorProto, helper
 
 from embedders.local_triton import LocalTriton
 from embedders.onnx import OnnxEmbedder
-from export.config import PARITY_BATCHES
-from export.import_model import Preprocessing, import_model, main, parse_args
+from export.cli import import_main as main
+from export.cli import parse_import_args as parse_args
+from export.config import PARITY_BATCHES, Preprocessing
+from export.import_model import import_model
 from export.parity import GateError
 from export.spec import spec_from_config_pbtxt, spec_from_onnx
 from formats.images import load_image

@@ -1,8 +1,8 @@
-"""build_spec: everything from meta.json and the weights file."""
+"""checkpoint_spec: everything from meta.json and the weights file."""
 
 import pytest
 
-from export.spec import build_spec
+from export.spec import checkpoint_spec
 
 META = {
     "model": {"backbone": "resnet50", "level": 2, "num_classes": 751, "last_stride": 1},
@@ -22,7 +22,7 @@ def weights(tmp_path):
 
 
 def test_spec_fields_come_from_meta(weights):
-    spec = build_spec(META, weights, dim=2048, flip_tta=True, max_batch_size=32, exported_at="2026-01-01T00:00:00")
+    spec = checkpoint_spec(META, weights, dim=2048, flip_tta=True, max_batch_size=32, exported_at="2026-01-01T00:00:00")
     assert (spec.input.height, spec.input.width, spec.dim, spec.max_batch_size) == (256, 128, 2048, 32)
     assert spec.normalization.mean == (0.5, 0.4, 0.3) and spec.normalization.std == (0.2, 0.2, 0.2)
     assert spec.threshold is None and spec.provenance.rank1 is None
@@ -31,15 +31,15 @@ def test_spec_fields_come_from_meta(weights):
 
 
 def test_model_id_changes_with_weights_and_flip_tta(weights):
-    ids = {build_spec(META, weights, dim=2048, flip_tta=flip, max_batch_size=8).model_id for flip in (True, False)}
+    ids = {checkpoint_spec(META, weights, dim=2048, flip_tta=flip, max_batch_size=8).model_id for flip in (True, False)}
     weights.write_bytes(b"weights two")
-    ids.add(build_spec(META, weights, dim=2048, flip_tta=True, max_batch_size=8).model_id)
+    ids.add(checkpoint_spec(META, weights, dim=2048, flip_tta=True, max_batch_size=8).model_id)
     assert len(ids) == 3
 
 
 def test_threshold_and_metrics_are_carried(weights):
     meta = {**META, "threshold": {"score": 0.62, "fpr": 0.001}, "metrics": {"rank1": 0.9, "mAP": 0.8}}
-    spec = build_spec(meta, weights, dim=2048, flip_tta=True, max_batch_size=8)
+    spec = checkpoint_spec(meta, weights, dim=2048, flip_tta=True, max_batch_size=8)
     assert (spec.threshold.score, spec.threshold.fpr) == (0.62, 0.001)
     assert (spec.provenance.rank1, spec.provenance.mAP) == (0.9, 0.8)
 
@@ -47,10 +47,10 @@ def test_threshold_and_metrics_are_carried(weights):
 def test_a_resize_the_server_does_not_do_is_refused(weights):
     meta = {**META, "data": {**META["data"], "interpolation": "bicubic"}}
     with pytest.raises(ValueError, match="bicubic"):
-        build_spec(meta, weights, dim=2048, flip_tta=True, max_batch_size=8)
+        checkpoint_spec(meta, weights, dim=2048, flip_tta=True, max_batch_size=8)
 
 
 def test_threshold_is_dropped_when_flip_tta_differs_from_the_evaluation(weights):
     meta = {**META, "threshold": {"score": 0.62, "fpr": 0.001}, "train": {"flip_tta": True}}
-    assert build_spec(meta, weights, dim=2048, flip_tta=True, max_batch_size=8).threshold is not None
-    assert build_spec(meta, weights, dim=2048, flip_tta=False, max_batch_size=8).threshold is None
+    assert checkpoint_spec(meta, weights, dim=2048, flip_tta=True, max_batch_size=8).threshold is not None
+    assert checkpoint_spec(meta, weights, dim=2048, flip_tta=False, max_batch_size=8).threshold is None

@@ -70,9 +70,10 @@ def test_fp16_model_keeps_uint8_in_float32_out_and_the_spec(tiny_artifact, image
 @pytest.mark.slow
 @pytest.mark.parametrize("max_drop", [-1.0, 1.0])
 def test_int8_file_is_kept_only_when_the_rule_ships_it(tiny_artifact, synth_data, tmp_path, max_drop):
-    from export.artifact import INT8_FILE, _int8_variant
-    from export.config import ExportConfig, GateTolerances
+    """Its own gate and the cross-variant one, each against figures recomputed here from the two models."""
+    from export.config import GateTolerances
     from export.parity import load_parity_data, ort_embed, ort_session, retrieval_metrics
+    from export.variant_gates import INT8_FILE, int8_variant
 
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes((tiny_artifact / "model.onnx").read_bytes())
@@ -80,10 +81,28 @@ def test_int8_file_is_kept_only_when_the_rule_ships_it(tiny_artifact, synth_data
         synth_data, "auto", TINY_HEIGHT, TINY_WIDTH, max_query=20, max_gallery=60, calibration_images=8, seed=0
     )
     session = ort_session(onnx_path, threads=1)
-    fp32 = retrieval_metrics(ort_embed(session, data.query.images), ort_embed(session, data.gallery.images), data)
-    cfg = ExportConfig(threads=1, tolerances=GateTolerances(int8_max_map_drop=max_drop))
-    report = _int8_variant(tmp_path, onnx_path, data, fp32, cfg)
+    features = {"query": ort_embed(session, data.query.images), "gallery": ort_embed(session, data.gallery.images)}
+    fp32 = retrieval_metrics(features["query"], features["gallery"], data)
+    tol = GateTolerances(int8_max_map_drop=max_drop, cross_variant_max_map_drop=max_drop)
+    report, record, fp32_speed = int8_variant(tmp_path, onnx_path, data, features, fp32, tol, threads=1)
     shipped = max_drop > 0
     assert report["shipped"] is shipped and (tmp_path / INT8_FILE).is_file() is shipped
+    assert record.passed is shipped and record.file == (INT8_FILE if shipped else None) and record.device == "cpu"
     assert report["mAP_change"] == pytest.approx(report["int8"]["mAP"] - fp32["mAP"])
+    assert record.gate.mAP_drop == pytest.approx(fp32["mAP"] - report["int8"]["mAP"])
     assert report["speedup"] > 0 and report["speedup_batch1"] > 0 and report["latency_ms"]["int8"] > 0
+    assert record.speed.speedup_vs_fp32 == pytest.approx(fp32_speed.latency_ms / record.speed.latency_ms)
+
+    if shipped:  # the cross-variant figures, recomputed from the kept file
+        int8 = ort_session(tmp_path / INT8_FILE, threads=1)
+        query, gallery = ort_embed(int8, data.query.images), ort_embed(int8, data.gallery.images)
+        mixed = [
+            retrieval_metrics(query, features["gallery"], data),
+            retrieval_metrics(features["query"], gallery, data),
+        ]
+        cross = record.cross_variant_with_fp32
+        assert cross.queries_in_fp32_gallery.mAP == pytest.approx(mixed[0]["mAP"])
+        assert cross.fp32_queries_in_gallery.mAP == pytest.approx(mixed[1]["mAP"])
+        assert cross.mAP_drop == pytest.approx(fp32["mAP"] - min(m["mAP"] for m in mixed))
+    assert record.cross_variant_with_fp32.passed is (record.cross_variant_with_fp32.mAP_drop <= max_drop)
+    assert record.cross_variant_with_fp32.passed is shipped  # -1 is below any drop; 1 above any
