@@ -106,3 +106,59 @@ def test_int8_file_is_kept_only_when_the_rule_ships_it(tiny_artifact, synth_data
         assert cross.mAP_drop == pytest.approx(fp32["mAP"] - min(m["mAP"] for m in mixed))
     assert record.cross_variant_with_fp32.passed is (record.cross_variant_with_fp32.mAP_drop <= max_drop)
     assert record.cross_variant_with_fp32.passed is shipped  # -1 is below any drop; 1 above any
+
+
+def _split(pids: list[int], cam: int):
+    from export.parity import Split
+
+    return Split(np.zeros((len(pids), 1, 1, 3), np.uint8), np.array(pids), np.full(len(pids), cam))
+
+
+@pytest.mark.parametrize("swap_gallery", [False, True])
+def test_tensorrt_record_measures_its_plan_against_the_fp32_gallery(swap_gallery):
+    """The record from a plan's gate (its features given here, as a GPU would return them): a plan that agrees
+    with fp32 shares its gallery; one whose gallery embeddings are another person's does not."""
+    from export.config import GateTolerances
+    from export.parity import ParityData, retrieval_metrics
+    from export.variant_gates import tensorrt_variant
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    query_pids, gallery_pids = [0, 1, 2, 3], [0, 0, 1, 1, 2, 2, 3, 3]
+    empty = np.zeros((0, 1, 1, 3), np.uint8)
+    data = ParityData("x", empty, empty, _split(query_pids, 0), _split(gallery_pids, 1), empty)
+    fp32 = {
+        "query": centres[query_pids] + 0.1 * rng.normal(size=(4, 16)),
+        "gallery": centres[gallery_pids] + 0.1 * rng.normal(size=(8, 16)),
+    }
+    plan = {name: x + 1e-3 * rng.normal(size=x.shape) for name, x in fp32.items()}
+    if swap_gallery:
+        plan["gallery"] = plan["gallery"][::-1].copy()  # pid 3's rows where pid 0's are
+    fp32_metrics = retrieval_metrics(fp32["query"], fp32["gallery"], data)
+    own = retrieval_metrics(plan["query"], plan["gallery"], data)
+    figures = {"min_cosine": 0.9999, "max_abs_diff": 1e-3}
+    trt_report = {
+        "precision": "fp16",
+        "min_cosine_required": 0.999,
+        "map_delta_allowed": 0.005,
+        "retrieval": {"tensorrt": own, "onnx": fp32_metrics},
+        "passed": True,
+        **dict.fromkeys(("crops", "random", "query", "gallery"), figures),
+    }
+    record = tensorrt_variant(trt_report, plan, fp32, data, fp32_metrics, GateTolerances())
+    assert (record.name, record.file, record.runtime, record.device) == (
+        "tensorrt-fp16",
+        "model.plan",
+        "tensorrt",
+        "gpu",
+    )
+    assert record.passed and record.gate.min_cosine == 0.9999
+    cross = record.cross_variant_with_fp32
+    assert trt_report["cross_variant"] == cross.model_dump()
+    assert cross.queries_in_fp32_gallery.mAP == pytest.approx(
+        retrieval_metrics(plan["query"], fp32["gallery"], data)["mAP"]
+    )
+    assert cross.fp32_queries_in_gallery.mAP == pytest.approx(
+        retrieval_metrics(fp32["query"], plan["gallery"], data)["mAP"]
+    )
+    assert cross.passed is not swap_gallery
