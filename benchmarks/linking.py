@@ -2,9 +2,11 @@
 
     python -m benchmarks.linking                       # tune seed 0, evaluate on fresh seed 1
     python -m benchmarks.linking --eval-seed 7 --people 500 --far 0.1 --out bench/linking.json
+    python -m benchmarks.linking --artifact artifacts/demo       # rendered crops through a real model
 
 Data: benchmarks/synth_tracks.py (synthetic multi-camera tracks, known identities and times; embeddings from a
-controlled noise model, not from a model). Each linker's threshold is calibrated on the tuning world's labelled tracks (ingestion.link.calibrate_links: the
+controlled noise model), or with ``--artifact DIR`` the same tracks with every crop rendered by training/synth.py
+and embedded by that exported model (benchmarks/synth_render.py). Each linker's threshold is calibrated on the tuning world's labelled tracks (ingestion.link.calibrate_links: the
 verdict calibration's leave-one-identity-out, at false-link rate ``--far``, leaving out the pairs that linker's
 constraints forbid); the evaluation world is generated from another seed and its labels are used only to score.
 The defaults (``--far`` 0.7, confident links at 0.05, the learned minimum eased by half) were chosen on seed 0.
@@ -196,12 +198,22 @@ def format_rows(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run(*, tune_seed: int, eval_seed: int, people: int, cameras: int, duration: float, far: float) -> dict:
+def run(
+    *, tune_seed: int, eval_seed: int, people: int, cameras: int, duration: float, far: float, artifact=None
+) -> dict:
     tune = generate(seed=tune_seed, people=people, cameras=cameras, duration=duration)
     world = generate(seed=eval_seed, people=people, cameras=cameras, duration=duration)
+    embeddings = "noise model (benchmarks.synth_tracks)"
+    if artifact is not None:
+        from benchmarks.synth_render import render_world  # noqa: PLC0415 (draws with training.synth)
+
+        tune = render_world(tune, artifact, seed=tune_seed)
+        world = render_world(world, artifact, seed=eval_seed)
+        embeddings = f"crops rendered by training.synth, embedded by {artifact}"
     features = feature_table(tune, world, far)
     rows, info = linking_table(tune, world, far)
     return {
+        "embeddings": embeddings,
         "tune_seed": tune_seed,
         "eval_seed": eval_seed,
         "people": people,
@@ -225,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cameras", type=int, default=6)
     ap.add_argument("--duration", type=float, default=DURATION, help="seconds of footage the people arrive in")
     ap.add_argument("--far", type=float, default=FAR, help="false-link rate of the calibrated threshold")
+    ap.add_argument("--artifact", type=Path, help="embed rendered crops with this exported model instead")
     ap.add_argument("--out", type=Path, help="write the figures as JSON")
     args = ap.parse_args(argv)
     res = run(
@@ -234,11 +247,12 @@ def main(argv: list[str] | None = None) -> None:
         cameras=args.cameras,
         duration=args.duration,
         far=args.far,
+        artifact=args.artifact,
     )
     print(
         f"synthetic tracks: tuned on seed {res['tune_seed']}, evaluated on seed {res['eval_seed']}: "
         f"{res['people']} people, {res['cameras']} cameras, {res['tracks']} tracks, {res['crops']} crops; "
-        f"thresholds at false-link rate {res['far']:g}"
+        f"thresholds at false-link rate {res['far']:g}; embeddings: {res['embeddings']}"
     )
     print("\ntrack features (linking with the true topology; retrieval across cameras):")
     cols = ["rank1", "mAP", "precision", "recall", "f1", "idf1", "threshold"]
