@@ -100,6 +100,15 @@ def test_int8_is_judged_on_the_labelled_folder(artifacts):
     assert int8["shipped"] == (artifacts["rgb"] / "model.int8.onnx").is_file()
     assert int8["shipped"] == (int8["fp32"]["mAP"] - int8["int8"]["mAP"] <= 0.01)
     assert report_of(artifacts["bgr"])["int8"] == {"enabled": False}
+    # The spec records both variants, as a native export's does; without --int8 only fp32.
+    rgb = ModelSpec.from_json((artifacts["rgb"] / "spec.json").read_text())
+    assert [v.name for v in rgb.variants] == ["fp32", "int8"]
+    record = rgb.variant("int8")
+    assert record.passed == int8["shipped"] and record.cross_variant_with_fp32.model_dump() == int8["cross_variant"]
+    if record.passed:
+        assert spec_from_onnx(artifacts["rgb"] / record.file) == rgb
+    bgr = ModelSpec.from_json((artifacts["bgr"] / "spec.json").read_text())
+    assert [v.name for v in bgr.variants] == ["fp32"] and bgr.variants[0].passed
 
 
 def test_wrapped_graph_is_the_network_with_its_declared_preprocessing(artifacts, onnx_nets, synth_data):
