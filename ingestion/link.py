@@ -152,16 +152,19 @@ class Topology(BaseModel):
             raise ValueError("a camera pair is listed twice")
         return self
 
-    def min_transit(self, cameras: np.ndarray) -> np.ndarray:
-        """(T, T) minimum transit between the tracks' cameras; -inf where unconstrained (same camera included)."""
-        names, code = np.unique(np.asarray(cameras, dtype=str), return_inverse=True)
+    def min_transit(self, cameras, others=None) -> np.ndarray:
+        """(len cameras, len others) minimum transit between the tracks' cameras (``others`` defaults to
+        ``cameras``); -inf where unconstrained (the same camera included)."""
+        a = np.asarray(cameras, dtype=str)
+        b = a if others is None else np.asarray(others, dtype=str)
+        names, code = np.unique(np.concatenate([a, b]), return_inverse=True)
         pos = {name: i for i, name in enumerate(names.tolist())}
         table = np.full((len(names), len(names)), -np.inf)
         for p in self.pairs:
-            a, b = pos.get(p.cameras[0]), pos.get(p.cameras[1])
-            if a is not None and b is not None:
-                table[a, b] = table[b, a] = p.min_transit_s
-        return table[code[:, None], code[None, :]]
+            i, j = pos.get(p.cameras[0]), pos.get(p.cameras[1])
+            if i is not None and j is not None:
+                table[i, j] = table[j, i] = p.min_transit_s
+        return table[code[: len(a), None], code[None, len(a) :]]
 
 
 def load_topology(path: str | Path) -> Topology:
@@ -178,15 +181,22 @@ def load_topology(path: str | Path) -> Topology:
 # -- constraints ---------------------------------------------------------------------------------------------------
 
 
+def _cannot(a: TrackSet, b: TrackSet, topology: Topology | None) -> np.ndarray:
+    """(len a, len b) bool: which pairs of a track of ``a`` and one of ``b`` must be different people."""
+    same = a.camera_id[:, None] == b.camera_id[None, :]
+    overlap = (a.first_seen[:, None] <= b.last_seen[None, :]) & (b.first_seen[None, :] <= a.last_seen[:, None])
+    out = same & overlap
+    if topology is not None and topology.pairs and len(a) and len(b):
+        gap = np.maximum(a.first_seen[:, None], b.first_seen[None, :]) - np.minimum(
+            a.last_seen[:, None], b.last_seen[None, :]
+        )
+        out |= ~same & (gap < topology.min_transit(a.camera_id, b.camera_id))
+    return out
+
+
 def cannot_link(tracks: TrackSet, topology: Topology | None = None) -> np.ndarray:
     """(T, T) bool: the pairs that must be different people (module docstring); the diagonal is False."""
-    first, last, cams = tracks.first_seen, tracks.last_seen, tracks.camera_id
-    same = cams[:, None] == cams[None, :]
-    overlap = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])
-    out = same & overlap
-    if topology is not None and topology.pairs:
-        gap = np.maximum(first[:, None], first[None, :]) - np.minimum(last[:, None], last[None, :])
-        out |= ~same & (gap < topology.min_transit(cams))
+    out = _cannot(tracks, tracks, topology)
     np.fill_diagonal(out, False)
     return out
 
@@ -323,20 +333,22 @@ def join(
     n_old = len(old)
     labels = np.concatenate([old_labels, np.full(len(new), -1, dtype=np.int64)])
     next_id = int(old_labels.max()) + 1 if n_old else 0
-    s = both.xb @ both.xb.T if len(both) else np.zeros((0, 0))
-    cl = cannot_link(both, topology)
+    # Only the new tracks' rows: memory grows with new x all, not all x all.
+    s = new.xb @ both.xb.T if len(new) else np.zeros((0, len(both)))
+    cl = _cannot(new, both, topology)
+    cl[np.arange(len(new)), n_old + np.arange(len(new))] = False
     for i in n_old + np.argsort(new.first_seen, kind="stable"):
         known = labels >= 0
         lab = labels[known]
         if len(lab):
             ids, code = np.unique(lab, return_inverse=True)
-            row = s[i, known].astype(np.float64)
+            row = s[i - n_old, known].astype(np.float64)
             if linkage == "average":
                 score = np.bincount(code, weights=row, minlength=len(ids)) / np.bincount(code, minlength=len(ids))
             else:
                 score = np.full(len(ids), np.inf)
                 np.minimum.at(score, code, row)
-            blocked = np.bincount(code, weights=cl[i, known], minlength=len(ids)) > 0
+            blocked = np.bincount(code, weights=cl[i - n_old, known], minlength=len(ids)) > 0
             score[blocked] = -np.inf
             best = int(np.argmax(score))
             if score[best] >= threshold:
