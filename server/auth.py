@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from server.deps import ResourcesDep
+from server.deps import SettingsDep
 from server.errors import APIError
 
 
@@ -33,11 +33,10 @@ def _matches(candidate: bytes, keys: list[str]) -> bool:
 
 
 async def caller_role(
-    res: ResourcesDep,
+    s: SettingsDep,
     api_key: Annotated[str | None, Security(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Role:
-    s = res.settings
     if not s.auth_enabled:
         return Role.admin
     given = api_key if api_key is not None else (bearer.credentials if bearer is not None else None)

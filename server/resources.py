@@ -1,9 +1,11 @@
-"""The app's resources (embedder, gallery): created and closed in the lifespan, retried while the backend is
-down, the readiness that follows from them, and the request path's decode and embed steps.
+"""The app's resources: created and closed in the lifespan (``Resources``), retried while the backend is down, the
+readiness that follows from them, and the two that routes declare (server.deps): ``ServedEmbedder`` (decode to the
+model's input, embed within the deadline, counted) and ``ServedGallery`` (the gallery with its threads and crops).
 
 CPU work never runs on the event loop: decoding goes to the threadpool, gallery calls to gallery threads. Reads
-(search, get, stats) run on a pool of ``gallery_search_workers`` threads, many at once; writes (add, remove,
-close) on one writer thread, so a burst of adds occupies one thread and never the searches' pool. Both gallery
+(``ServedGallery.read``: search, get, stats) run on a pool of ``gallery_search_workers`` threads, many at once;
+writes (``ServedGallery.write``: add, remove, close) on one writer thread, so a burst of adds occupies one thread
+and never the searches' pool. Which pool a call takes is the caller's choice of method, never a lookup. Both gallery
 backends allow that: the embedded store's searches share its index lock and never take its write mutex (SQLite
 readers are per thread), and Milvus is a server. The gallery is whichever backend REID_GALLERY_URI names
 (index.open_gallery); the routes cannot tell which.
@@ -19,7 +21,8 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -36,15 +39,14 @@ from embedders.base import (
 from formats.images import decode_image, resize
 from formats.spec import ModelSpec
 from index import Gallery, open_gallery
+from index.crops import CropStore
 from index.errors import GalleryError, MissingLog, ModelMismatch
 from server.metrics import Metrics
 from server.settings import Settings
 
 log = logging.getLogger("server")
 T = TypeVar("T")
-INLINE_DECODE_PIXELS = 256 * 512  # query images up to this size are decoded on the event loop (Resources.decode)
-# Gallery methods that only read (the protocol's, index.protocol.Gallery): they may run beside each other and a write.
-GALLERY_READS = frozenset({"search", "get", "records", "find_hashes", "find_hash", "stats", "scan", "calibration"})
+INLINE_DECODE_PIXELS = 256 * 512  # query images up to this size are decoded on the event loop (ServedEmbedder.decode)
 START_RETRY_S = 2.0  # how often a server whose backend was down at start tries again
 
 
@@ -60,6 +62,8 @@ class Resources:
         self.metrics = metrics
         self.embedder = embedder
         self.gallery: Gallery | None = None
+        self.served_embedder: ServedEmbedder | None = None  # what routes get, once the gallery is open
+        self.served_gallery: ServedGallery | None = None
         self.not_ready_reason = "starting"
         self._retry_task: asyncio.Task | None = None
         self._gallery_thread: ThreadPoolExecutor | None = None  # writes, opening and closing: one at a time
@@ -94,7 +98,7 @@ class Resources:
         spec = self.spec
         s = self.settings
         try:
-            self.gallery = await self.in_gallery(
+            self.gallery = await self._on_writer(
                 open_gallery,
                 s.gallery_location,
                 model_id=spec.model_id,
@@ -120,6 +124,10 @@ class Resources:
             return
         await self._warm_readers()
         self.metrics.gallery_size.set(len(self.gallery))
+        self.served_embedder = ServedEmbedder(self.embedder, s, self.metrics)
+        self.served_gallery = ServedGallery(
+            self.gallery, self._gallery_readers, self._gallery_thread, s.crops_root, s.crops_max_bytes, self.metrics
+        )
         self.not_ready_reason = ""
         log.info("serving model %s with a gallery of %d", spec.model_id, len(self.gallery))
 
@@ -158,7 +166,7 @@ class Resources:
         if self.embedder is not None:
             await self.embedder.close()
         if self.gallery is not None:
-            await self.in_gallery(self.gallery.close)
+            await self._on_writer(self.gallery.close)
         if self._gallery_thread is not None:
             self._gallery_thread.shutdown(wait=True)
         if self._gallery_readers is not None:
@@ -172,10 +180,54 @@ class Resources:
             return "the embedding backend is not ready"
         return ""
 
-    # The request path: each step raises an error the handlers turn into the right status.
+    async def _on_writer(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Opening and closing the gallery: on the writer thread, as every write."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._gallery_thread, functools.partial(fn, *args, **kwargs)
+        )
+
+
+async def in_threadpool(fn: Callable[[], T]) -> T:
+    """The request path's CPU work (decoding) off the event loop: Starlette's threadpool."""
+    return await run_in_threadpool(fn)
+
+
+class ServedEmbedder(Embedder):
+    """The embedder as routes use it: images decoded to the model's input within the settings' limits, and
+    embeddings within the request deadline (``EmbedderDeadline`` past it), counted in the metrics. Each step
+    raises an error the handlers turn into the right status."""
+
+    def __init__(self, embedder: Embedder, settings: Settings, metrics: Metrics):
+        self.inner = embedder
+        self.settings = settings
+        self.metrics = metrics
+
+    @property
+    def spec(self) -> ModelSpec:  # type: ignore[override]  # the started embedder's, never a copy
+        return self.inner.spec
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def ready(self) -> bool:
+        return await self.inner.ready()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def _embed(self, images: np.ndarray) -> np.ndarray:
+        self.metrics.embed_batch.observe(len(images))
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.settings.embed_deadline_s):  # in this task: wait_for would add one
+                xq = await self.inner.embed(images)
+        except TimeoutError:
+            raise EmbedderDeadline(f"the embedder did not answer within {self.settings.embed_deadline_s:g} s") from None
+        self.metrics.embed_latency.observe(time.perf_counter() - start)
+        return xq  # checked against the spec by the embedder
 
     async def decode(self, data: bytes, *, inline: bool = False) -> np.ndarray:
-        """Bytes -> the model's (H, W, 3) uint8 input, through the same decoder as bulk indexing.
+        """Bytes -> the model's (H, W, 3) uint8 input, through the same decoder as every write.
 
         ``inline`` (one query image): a person-sized crop decodes and resizes in well under a millisecond, less
         than a hop to a worker thread and back (0.5 ms median, several ms at p90 on a busy 2-core host), so it is
@@ -188,23 +240,52 @@ class Resources:
 
         if inline and _header_pixels(data) <= INLINE_DECODE_PIXELS:
             return work()
-        return await run_in_threadpool(work)
+        return await in_threadpool(work)
 
-    async def embed(self, images: np.ndarray) -> np.ndarray:
-        self.metrics.embed_batch.observe(len(images))
-        start = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.settings.embed_deadline_s):  # in this task: wait_for would add one
-                xq = await self.embedder.embed(images)
-        except TimeoutError:
-            raise EmbedderDeadline(f"the embedder did not answer within {self.settings.embed_deadline_s:g} s") from None
-        self.metrics.embed_latency.observe(time.perf_counter() - start)
-        return xq  # checked against the spec by the embedder
 
-    async def in_gallery(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Run a gallery call off the event loop: reads on the search pool, anything else on the writer thread."""
-        reads = self._gallery_readers if getattr(fn, "__name__", "") in GALLERY_READS else self._gallery_thread
-        return await asyncio.get_running_loop().run_in_executor(reads, functools.partial(fn, *args, **kwargs))
+class ServedGallery:
+    """The gallery as routes use it: ``read`` runs a call on the search pool (many at once, beside a write),
+    ``write`` on the one writer thread; the crop store of REID_KEEP_CROPS, opened on first use."""
+
+    def __init__(
+        self,
+        gallery: Gallery,
+        readers: Executor,
+        writer: Executor,
+        crops_root: Path | None,
+        crops_max_bytes: int,
+        metrics: Metrics,
+    ):
+        self.gallery = gallery
+        self._readers = readers
+        self._writer = writer
+        self._crops_root = crops_root
+        self._crops_max_bytes = crops_max_bytes
+        self._crops: CropStore | None = None
+        self.metrics = metrics
+
+    async def read(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """A call that only reads the gallery (search, get, records, find_hashes, stats, scan, calibration)."""
+        return await asyncio.get_running_loop().run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
+
+    async def write(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """A call that changes the gallery (add_new, remove) or keeps crops: one at a time."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))
+
+    def count_items(self) -> None:
+        self.metrics.gallery_size.set(len(self.gallery))
+
+    async def crop_store(self, *, create: bool) -> CropStore | None:
+        """The kept crops; None when there is no crops folder (and ``create`` is false) or no place for one."""
+        if self._crops is not None:
+            return self._crops
+        root = self._crops_root
+        if root is None or (not create and not root.is_dir()):
+            return None
+        store = await run_in_threadpool(CropStore.open, root, self._crops_max_bytes)  # counts the kept bytes
+        if self._crops is None:
+            self._crops = store
+        return self._crops
 
 
 def _header_pixels(data: bytes) -> float:

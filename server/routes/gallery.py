@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
-import weakref
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from pydantic import FiniteFloat
 from starlette.concurrency import run_in_threadpool
 
-from embedders.base import batch_slices
-from formats.images import ImageError
 from index.crops import CropStore, CropStoreFull
 from index.metadata import Limits, MetadataError, check
 from index.records import Record
+from ingestion.pipeline import Item, Result, WritePipeline
 from server.auth import Admin, Reader
-from server.deps import ReadyDep
+from server.deps import EmbedderDep, GalleryDep, SettingsDep
 from server.errors import APIError, error_responses
+from server.resources import in_threadpool
 from server.schemas import AddedItem, AddResponse, DeleteResponse, GalleryItem, GalleryStats
 
 router = APIRouter(prefix="/v1/gallery", tags=["gallery"])
@@ -29,34 +26,7 @@ router = APIRouter(prefix="/v1/gallery", tags=["gallery"])
 ItemId = Annotated[int, Path(ge=0, le=2**63 - 1, description="gallery id")]
 STATS_DETAILS = ("metric", "serving", "trained", "index_type", "ntotal", "tombstones", "unsnapshotted")
 SOURCE = "api"  # the client's file name is never stored or used as a path
-
-
-# Kept crops (index/crops.py), one store per running app, opened on first use (it counts the kept bytes).
-_crop_stores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 CROP_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp")
-
-
-async def _crop_store(res, *, create: bool) -> CropStore | None:
-    """The app's crop store; None when there is no crops folder (and ``create`` is false) or no place for one."""
-    store = _crop_stores.get(res)
-    if store is not None:
-        return store
-    root = res.settings.crops_root
-    if root is None or (not create and not root.is_dir()):
-        return None
-    store = await run_in_threadpool(CropStore.open, root, res.settings.crops_max_bytes)
-    return _crop_stores.setdefault(res, store)
-
-
-async def _keep_crops(res, blobs: list[bytes]) -> None:
-    """Keep every blob or none; 507 when they would pass REID_CROPS_MAX_BYTES (the gallery is not touched)."""
-    store = await _crop_store(res, create=True)
-    if store is None:
-        raise APIError(500, "internal_error", "REID_KEEP_CROPS is on but there is no crops folder (REID_CROPS_DIR)")
-    try:
-        await run_in_threadpool(store.put_many, blobs)
-    except CropStoreFull as exc:
-        raise APIError(507, "insufficient_storage", f"the crop store is full: {exc}") from None
 
 
 def _kept_crop(store: CropStore, digest: str) -> tuple[bytes, str] | None:
@@ -66,13 +36,13 @@ def _kept_crop(store: CropStore, digest: str) -> tuple[bytes, str] | None:
         return None
 
 
-async def _forget_crop(res, digest: str) -> None:
+async def _forget_crop(gallery: GalleryDep, digest: str) -> None:
     """A deleted item's image goes too, unless another item holds the same bytes."""
-    store = await _crop_store(res, create=False)
+    store = await gallery.crop_store(create=False)
     if store is None:
         return
-    if not await res.in_gallery(res.gallery.find_hashes, [digest]):
-        await run_in_threadpool(_remove_crop, store, digest)
+    if not await gallery.read(gallery.gallery.find_hashes, [digest]):
+        await gallery.write(_remove_crop, store, digest)
 
 
 def _remove_crop(store: CropStore, digest: str) -> None:
@@ -127,7 +97,9 @@ def _metadata(text: str | None, i: int, limits: Limits) -> dict:
 )
 async def add_images(
     _: Admin,
-    res: ReadyDep,
+    settings: SettingsDep,
+    model: EmbedderDep,
+    gallery: GalleryDep,
     images: Annotated[list[UploadFile], File(description="one or more person crops: JPEG, PNG or WEBP")],
     person_id: Annotated[list[str], Form(description="one for all images, or one per image")],
     camera_id: Annotated[list[str] | None, Form(description="one for all images, or one per image")] = None,
@@ -137,67 +109,73 @@ async def add_images(
     track_id: Annotated[list[str] | None, Form(description="one for all images, or one per image")] = None,
     metadata: Annotated[list[str] | None, Form(description="a JSON object; one for all, or one per image")] = None,
 ) -> AddResponse:
-    """Add person crops to the gallery. Images whose bytes are already there are reported, not added twice."""
+    """Add person crops to the gallery. Images whose bytes are already there are reported, not added twice; one
+    image that cannot be decoded refuses the whole request, with nothing added."""
     n = len(images)
-    if n > res.settings.max_images_per_request:
-        raise APIError(422, "invalid_parameters", f"at most {res.settings.max_images_per_request} images per request")
+    if n > settings.max_images_per_request:
+        raise APIError(422, "invalid_parameters", f"at most {settings.max_images_per_request} images per request")
     people = _per_image(person_id, n, "person_id")
     cameras = [c or None for c in _per_image(camera_id, n, "camera_id")]  # "" means unknown
     times = _per_image(captured_at, n, "captured_at")
     tracks = [t or None for t in _per_image(track_id, n, "track_id")]
-    limits = res.settings.metadata_limits
-    metas = [_metadata(m, i, limits) for i, m in enumerate(_per_image(metadata, n, "metadata"))]
+    metas = [_metadata(m, i, settings.metadata_limits) for i, m in enumerate(_per_image(metadata, n, "metadata"))]
     if any(not p for p in people):
         raise APIError(422, "invalid_parameters", "person_id must not be empty")
-    blobs = [await image.read() for image in images]
-    hashes = [hashlib.sha256(b).hexdigest() for b in blobs]
-
-    # Decode every new image before any model or gallery work: one bad image refuses the whole request.
-    first_of: dict[str, int] = {}
-    new = [i for i, h in enumerate(hashes) if first_of.setdefault(h, i) == i]
-    pixels = []
-    for i in new:
-        try:
-            pixels.append(await res.decode(blobs[i]))
-        except ImageError as exc:
-            raise exc.with_prefix(f"image {i}: ") from None
-    spec = res.spec
-    xb = np.zeros((0, spec.dim), np.float32)
-    if pixels:
-        batch = np.stack(pixels)
-        xb = np.concatenate([await res.embed(batch[s]) for s in batch_slices(len(batch), spec.max_batch_size)])
-    records = [
-        Record(
-            person_id=people[i],
-            camera_id=cameras[i],
-            captured_at=times[i],
-            track_id=tracks[i],
-            source=SOURCE,
-            content_hash=hashes[i],
-            metadata=metas[i],
-        )
-        for i in new
-    ]
-
-    if res.settings.keep_crops:  # the crops first: an item is never in the gallery without its kept crop
-        await _keep_crops(res, [blobs[i] for i in new])
-    stored = await res.in_gallery(res.gallery.add_new, xb, records, model_id=spec.model_id)
-    res.metrics.gallery_size.set(len(res.gallery))
-    id_of = {hashes[i]: gid for i, (gid, _) in zip(new, stored, strict=True)}
-    fresh = {hashes[i] for i, (_, was_added) in zip(new, stored, strict=True) if was_added}
     items = [
-        AddedItem(index=i, id=id_of[h], duplicate=not (h in fresh and first_of[h] == i)) for i, h in enumerate(hashes)
+        Item(
+            f"image {i}",
+            await image.read(),
+            Record(
+                person_id=people[i],
+                camera_id=cameras[i],
+                captured_at=times[i],
+                track_id=tracks[i],
+                source=SOURCE,
+                metadata=metas[i],
+            ),
+        )
+        for i, image in enumerate(images)
     ]
-    added = sum(not item.duplicate for item in items)
+    results = await _write(settings, model, gallery, items)
+    gallery.count_items()
+    added = sum(r.added for r in results)
     return AddResponse(
-        model_id=spec.model_id, ids=[item.id for item in items], items=items, added=added, duplicates=n - added
+        model_id=model.spec.model_id,
+        ids=[r.id for r in results],
+        items=[AddedItem(index=i, id=r.id, duplicate=r.duplicate) for i, r in enumerate(results)],
+        added=added,
+        duplicates=n - added,
     )
 
 
+async def _write(settings: SettingsDep, model: EmbedderDep, gallery: GalleryDep, items: list[Item]) -> list[Result]:
+    """The one write pipeline, all or nothing (the first bad image's typed error is the answer); with
+    REID_KEEP_CROPS, every image's bytes are kept before its add, and 507 when they would pass the store's cap."""
+    crops = None
+    if settings.keep_crops:
+        crops = await gallery.crop_store(create=True)
+        if crops is None:
+            raise APIError(500, "internal_error", "REID_KEEP_CROPS is on but there is no crops folder (REID_CROPS_DIR)")
+    writes = WritePipeline(
+        gallery.gallery,
+        model,
+        crops=crops,
+        limits=settings.image_limits,
+        atomic=True,
+        run_blocking=in_threadpool,
+        run_read=gallery.read,
+        run_write=gallery.write,
+    )
+    try:
+        return await writes.add(items)
+    except CropStoreFull as exc:
+        raise APIError(507, "insufficient_storage", f"the crop store is full: {exc}") from None
+
+
 @router.get("", response_model=GalleryStats, responses=error_responses(401, 403, 500, 503))
-async def gallery_stats(_: Reader, res: ReadyDep) -> GalleryStats:
+async def gallery_stats(_: Reader, gallery: GalleryDep) -> GalleryStats:
     """Size of the gallery, the model it was built with and its faiss index type."""
-    stats = await res.in_gallery(res.gallery.stats)
+    stats = await gallery.read(gallery.gallery.stats)
     details = {key: stats[key] for key in STATS_DETAILS if key in stats}  # never the folder's path
     return GalleryStats(
         count=stats["count"], model_id=stats["model_id"], dim=stats["dim"], index_type=stats["factory"], details=details
@@ -205,9 +183,9 @@ async def gallery_stats(_: Reader, res: ReadyDep) -> GalleryStats:
 
 
 @router.get("/{item_id}", response_model=GalleryItem, responses=error_responses(401, 403, 404, 422, 500, 503))
-async def get_item(_: Reader, res: ReadyDep, item_id: ItemId) -> GalleryItem:
+async def get_item(_: Reader, gallery: GalleryDep, item_id: ItemId) -> GalleryItem:
     """One gallery entry's metadata."""
-    record = await res.in_gallery(res.gallery.get, item_id)
+    record = await gallery.read(gallery.gallery.get, item_id)
     if record is None:
         raise APIError(404, "not_found", f"no gallery item {item_id}")
     return GalleryItem.of(record)
@@ -221,13 +199,13 @@ async def get_item(_: Reader, res: ReadyDep, item_id: ItemId) -> GalleryItem:
         **error_responses(401, 403, 404, 422, 500, 503),
     },
 )
-async def get_image(_: Reader, res: ReadyDep, item_id: ItemId) -> Response:
+async def get_image(_: Reader, gallery: GalleryDep, item_id: ItemId) -> Response:
     """The image of one gallery entry, byte for byte as it was added: kept when the server runs with
     REID_KEEP_CROPS=true (404 for entries added without it)."""
-    record = await res.in_gallery(res.gallery.get, item_id)
+    record = await gallery.read(gallery.gallery.get, item_id)
     if record is None:
         raise APIError(404, "not_found", f"no gallery item {item_id}")
-    crops = await _crop_store(res, create=False)
+    crops = await gallery.crop_store(create=False)
     kept = None
     if crops is not None and record.content_hash:
         kept = await run_in_threadpool(_kept_crop, crops, record.content_hash)
@@ -240,13 +218,13 @@ async def get_image(_: Reader, res: ReadyDep, item_id: ItemId) -> Response:
 
 
 @router.delete("/{item_id}", response_model=DeleteResponse, responses=error_responses(401, 403, 404, 422, 500, 503))
-async def delete_item(_: Admin, res: ReadyDep, item_id: ItemId) -> DeleteResponse:
+async def delete_item(_: Admin, gallery: GalleryDep, item_id: ItemId) -> DeleteResponse:
     """Remove one gallery entry (its vector and its metadata)."""
-    record = await res.in_gallery(res.gallery.get, item_id)
-    removed = await res.in_gallery(res.gallery.remove, [item_id])
+    record = await gallery.read(gallery.gallery.get, item_id)
+    removed = await gallery.write(gallery.gallery.remove, [item_id])
     if not removed:
         raise APIError(404, "not_found", f"no gallery item {item_id}")
     if record is not None and record.content_hash:
-        await _forget_crop(res, record.content_hash)
-    res.metrics.gallery_size.set(len(res.gallery))
+        await _forget_crop(gallery, record.content_hash)
+    gallery.count_items()
     return DeleteResponse(id=item_id, deleted=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.deps import ResourcesDep
+from server.deps import MetricsDep, ResourcesDep
 from server.errors import APIError, error_responses
 from server.schemas import Health, Readiness
 
@@ -35,6 +35,6 @@ async def readyz(res: ResourcesDep) -> Readiness:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}, **error_responses(500)},
 )
-async def metrics(res: ResourcesDep) -> Response:
+async def metrics(registry: MetricsDep) -> Response:
     """Prometheus metrics of this process."""
-    return Response(generate_latest(res.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,7 @@ from pydantic import FiniteFloat
 
 from index.records import SearchFilter, aggregate_identities
 from server.auth import Reader
-from server.deps import ReadyDep
+from server.deps import EmbedderDep, GalleryDep, MetricsDep, SettingsDep
 from server.errors import APIError, error_responses
 from server.schemas import EmbedResponse, IdentityResult, SearchHit, SearchResponse, Timings
 from server.settings import MAX_TOP_K
@@ -33,19 +33,22 @@ def _server_timing(timings: Timings) -> str:
     return f"decode;dur={timings.decode_ms}, embed;dur={timings.embed_ms}, search;dur={timings.search_ms}"
 
 
-async def _embed_upload(res: ReadyDep, image: UploadFile) -> tuple[np.ndarray, float, float]:
+async def _embed_upload(model: EmbedderDep, image: UploadFile) -> tuple[np.ndarray, float, float]:
     """One upload -> its embedding (1, D), with decode and embed seconds."""
     t0 = time.perf_counter()
-    rgb = await res.decode(await image.read(), inline=True)  # small uploads are in memory: no file, no thread
+    rgb = await model.decode(await image.read(), inline=True)  # small uploads are in memory: no file, no thread
     t1 = time.perf_counter()
-    xq = await res.embed(rgb[None])
+    xq = await model.embed(rgb[None])
     return xq, t1 - t0, time.perf_counter() - t1
 
 
 @router.post("/search", response_model=SearchResponse, responses=error_responses(*UPLOAD_ERRORS))
 async def search(
     _: Reader,
-    res: ReadyDep,
+    settings: SettingsDep,
+    model: EmbedderDep,
+    gallery: GalleryDep,
+    metrics: MetricsDep,
     response: Response,
     image: ImageUpload,
     top_k: Annotated[int, Form(ge=1, le=MAX_TOP_K, description="hits to return")] = 10,
@@ -59,8 +62,8 @@ async def search(
     ] = None,
 ) -> SearchResponse:
     """Find the gallery identities closest to a person crop."""
-    if top_k > res.settings.max_top_k:
-        raise APIError(422, "invalid_parameters", f"top_k: at most {res.settings.max_top_k}")
+    if top_k > settings.max_top_k:
+        raise APIError(422, "invalid_parameters", f"top_k: at most {settings.max_top_k}")
     if time_from is not None and time_to is not None and time_from > time_to:
         raise APIError(422, "invalid_parameters", "time_from is after time_to")
     excluded = set(exclude_cameras or [])
@@ -73,16 +76,16 @@ async def search(
         time_from=time_from,
         time_to=time_to,
     )
-    xq, decode_s, embed_s = await _embed_upload(res, image)
-    spec = res.spec
+    xq, decode_s, embed_s = await _embed_upload(model, image)
+    spec = model.spec
     t0 = time.perf_counter()
-    hits = (await res.in_gallery(res.gallery.search, xq, top_k, filters, model_id=spec.model_id))[0]
+    hits = (await gallery.read(gallery.gallery.search, xq, top_k, filters, model_id=spec.model_id))[0]
     search_s = time.perf_counter() - t0
-    res.metrics.search_latency.observe(search_s)
+    metrics.search_latency.observe(search_s)
 
     identities = aggregate_identities(hits)
-    target_far = res.settings.target_far
-    basis = _verdicts.get(spec, res.gallery.calibration(), target_far)
+    target_far = settings.target_far
+    basis = _verdicts.get(spec, gallery.gallery.calibration(), target_far)
     timings = Timings(decode_ms=_ms(decode_s), embed_ms=_ms(embed_s), search_ms=_ms(search_s))
     response.headers["Server-Timing"] = _server_timing(timings)
     return SearchResponse(
@@ -98,9 +101,9 @@ async def search(
 
 
 @router.post("/embed", response_model=EmbedResponse, responses=error_responses(*UPLOAD_ERRORS))
-async def embed(_: Reader, res: ReadyDep, response: Response, image: ImageUpload) -> EmbedResponse:
+async def embed(_: Reader, model: EmbedderDep, response: Response, image: ImageUpload) -> EmbedResponse:
     """The L2-normalised embedding of a person crop."""
-    xq, decode_s, embed_s = await _embed_upload(res, image)
+    xq, decode_s, embed_s = await _embed_upload(model, image)
     timings = Timings(decode_ms=_ms(decode_s), embed_ms=_ms(embed_s))
     response.headers["Server-Timing"] = _server_timing(timings)
-    return EmbedResponse(model_id=res.spec.model_id, dim=res.spec.dim, embedding=xq[0].tolist(), timings=timings)
+    return EmbedResponse(model_id=model.spec.model_id, dim=model.spec.dim, embedding=xq[0].tolist(), timings=timings)
