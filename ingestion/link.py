@@ -183,7 +183,8 @@ def load_topology(path: str | Path) -> Topology:
 
 def _cannot(a: TrackSet, b: TrackSet, topology: Topology | None) -> np.ndarray:
     """(len a, len b) bool: which pairs of a track of ``a`` and one of ``b`` must be different people."""
-    same = a.camera_id[:, None] == b.camera_id[None, :]
+    _, code = np.unique(np.concatenate([a.camera_id, b.camera_id]).astype(str), return_inverse=True)
+    same = code[: len(a), None] == code[None, len(a) :]  # integer codes: comparing objects is ~10x slower
     overlap = (a.first_seen[:, None] <= b.last_seen[None, :]) & (b.first_seen[None, :] <= a.last_seen[:, None])
     out = same & overlap
     if topology is not None and topology.pairs and len(a) and len(b):
@@ -291,8 +292,8 @@ def link(
         report = LinkReport(0, 0, 0, threshold, linkage, 0, 0, topology, "no tracks: nothing to link")
         return Linking(np.zeros(0, dtype=np.int64), report)
     s = _similarity(tracks, similarity)
-    dist = np.clip(1.0 - s.astype(np.float64), 0.0, 2.0)
-    dist = (dist + dist.T) / 2
+    dist = 1.0 - s.astype(np.float64)  # only the upper triangle is read (squareform): no need to symmetrise
+    np.clip(dist, 0.0, 2.0, out=dist)
     np.fill_diagonal(dist, 0.0)
     cl = cannot_link(tracks, topology) if constraints else np.zeros((n, n), dtype=bool)
     dist[cl] = CANNOT
