@@ -1,4 +1,6 @@
-"""build_artifact: checkpoint folder -> serving artifact folder, all or nothing.
+"""build_artifact: checkpoint folder -> serving artifact folder, all or nothing; and the steps every artifact
+shares with an imported network's (export.import_model): the variants and their gates (``gate_variants``), the
+final spec written everywhere it is read from (``finish_artifact``), and the all-or-nothing publication.
 
 The artifact is built in a hidden temporary folder beside the destination and renamed into place only
 after the parity gate passed, so a failed export never leaves a half or unchecked artifact behind.

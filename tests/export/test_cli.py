@@ -50,3 +50,18 @@ def test_tensorrt_without_gpu_fails_clearly_and_writes_nothing(tiny_checkpoint, 
     assert "--tensorrt needs a CUDA GPU" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_summary_names_each_variant_and_whether_it_shares_an_fp32_gallery():
+    from export.cli import variants_summary
+
+    cross = {"mAP_drop": 0.02, "max_mAP_drop": 0.01, "passed": False}
+    spec = {
+        "variants": [
+            {"name": "fp32", "file": "model.onnx", "device": "any", "passed": True},
+            {"name": "int8", "file": None, "device": "cpu", "passed": False, "cross_variant_with_fp32": cross},
+        ]
+    }
+    lines = variants_summary(spec).splitlines()
+    assert lines[1].strip() == "fp32 (model.onnx, any): passed"
+    assert lines[2].strip().startswith("int8 (not kept, cpu): failed, shares an fp32 gallery: no (mAP drop +0.0200")

@@ -1,8 +1,11 @@
 """checkpoint_spec: everything from meta.json and the weights file."""
 
+import hashlib
+import json
+
 import pytest
 
-from export.spec import checkpoint_spec
+from export.spec import checkpoint_spec, model_id_for
 
 META = {
     "model": {"backbone": "resnet50", "level": 2, "num_classes": 751, "last_stride": 1},
@@ -54,3 +57,13 @@ def test_threshold_is_dropped_when_flip_tta_differs_from_the_evaluation(weights)
     meta = {**META, "threshold": {"score": 0.62, "fpr": 0.001}, "train": {"flip_tta": True}}
     assert checkpoint_spec(meta, weights, dim=2048, flip_tta=True, max_batch_size=8).threshold is not None
     assert checkpoint_spec(meta, weights, dim=2048, flip_tta=False, max_batch_size=8).threshold is None
+
+
+def test_one_model_id_recipe_keeps_the_ids_of_existing_artifacts():
+    """Galleries store model_ids: a native id is the weights' hash, an imported one hashes the declaration too."""
+    weights = hashlib.sha256(b"weights").hexdigest()
+    assert model_id_for("apnet-resnet50-level2", True, weights) == f"apnet-resnet50-level2-flip-{weights[:12]}"
+    declaration = {"size": [64, 32], "flip_tta": False}
+    both = hashlib.sha256((weights + json.dumps(declaration, sort_keys=True)).encode()).hexdigest()
+    assert model_id_for("osnet", False, weights, declaration) == f"osnet-noflip-{both[:12]}"
+    assert model_id_for("osnet", False, weights, {**declaration, "size": [128, 64]}) != f"osnet-noflip-{both[:12]}"
