@@ -52,7 +52,9 @@ PARITY_SCORE = 2e-3
 @dataclass(frozen=True)
 class DetectorOptions:
     kind: Kind = "auto"
-    score_threshold: float | None = None  # default per kind: 0.3 (SSD), 0.25 (YOLO, Ultralytics' default)
+    # default per kind: 0.2 (SSD), 0.25 (YOLO, Ultralytics' default); a tracker uses boxes down to it to keep
+    # tracks it started from stronger ones
+    score_threshold: float | None = None
     nms_iou: float | None = None  # default per kind: 0.5 (SSD), 0.7 (YOLO, Ultralytics' default)
     person_class: int | None = None  # default per kind: 1 (TF OD API COCO labels), 0 (Ultralytics COCO)
     input_size: tuple[int, int] | None = None  # (height, width); needed when the graph's input size is free
@@ -101,7 +103,7 @@ def build_spec(session: ort.InferenceSession, model_bytes: bytes, options: Detec
             "stretch",
             1.0,
         )
-        defaults = (0.3, 0.5, 1)
+        defaults = (0.2, 0.5, 1)
     else:
         outputs = tuple(o.name for o in session.get_outputs())
         if len(outputs) != 1:

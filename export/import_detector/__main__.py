@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="artifact folder to write (replaced when it exists)")
     p.add_argument("--kind", choices=["auto", "tf_ssd", "yolo"], default="auto", help="output decoding")
     p.add_argument("--reference", type=Path, help="the source framework's answers (.npz) for the parity check")
-    p.add_argument("--score-threshold", type=float, help="default 0.3 (tf_ssd), 0.25 (yolo)")
+    p.add_argument("--score-threshold", type=float, help="default 0.2 (tf_ssd), 0.25 (yolo)")
     p.add_argument("--nms-iou", type=float, help="default 0.5 (tf_ssd), 0.7 (yolo)")
     p.add_argument("--person-class", type=int, help="default 1 (tf_ssd, COCO labels), 0 (yolo)")
     p.add_argument("--input-size", type=_size, help="HxW the frames are resized to (needed for a free-size input)")

@@ -26,12 +26,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
 from embedders.detector import Detector
 from index.records import Record
 from ingestion.pipeline import Item, WritePipeline
-from ingestion.video.crops import Candidate, CropSettings, TrackCrops, candidate
+from ingestion.video.crops import Candidate, CropSettings, TrackCrops, candidate, occlusion
 from ingestion.video.frames import Frame, FrameReader, VideoError
 from ingestion.video.tracking import PeopleTracker, TrackerSettings, track_id, track_key
 
@@ -142,10 +143,14 @@ class _Analysis:
         t1 = time.perf_counter()
         tracked = self.tracker.update(boxes)
         t2 = time.perf_counter()
-        for box in tracked:
+        # Covered by any detected person, tracked or not (a person the tracker has not taken up still hides one).
+        covered = occlusion(np.array([b.xyxy for b in tracked], np.float32).reshape(-1, 4), boxes.xyxy)
+        for box, cover in zip(tracked, covered, strict=True):
             crops = self.live.setdefault(box.local_id, TrackCrops(self.options.crops))
             crops.see(frame.index)
-            c = candidate(frame.image, box.xyxy, box.score, frame.index, frame.time_s, frame.wall, self.options.crops)
+            c = candidate(
+                frame.image, box.xyxy, box.score, frame.index, frame.time_s, frame.wall, self.options.crops, cover
+            )
             if c is not None:
                 crops.offer(c)
         gone = frame.index - (self.tracker.max_lost_frames + 1) * self.options.every  # ByteTrack has let it go

@@ -3,8 +3,9 @@
 A crop's quality multiplies ingestion.track_features.crop_quality (the detector's score, the box's height against
 ``ref_height``, the sharpness as the variance of the crop's Laplacian: the same figure the track vectors weight
 by) with two factors of a box's shape that the detector's score misses: how far its width/height ratio is from a
-standing person's (``aspect``, about 0.41), and whether the frame's edge cuts it (``edge_penalty``). Boxes
-smaller than ``min_height`` pixels are never candidates.
+standing person's (``aspect``, about 0.41), whether the frame's edge cuts it (``edge_penalty``), and how much of it
+another person's box covers (``1 - occlusion``: a crop of two people embeds as neither, and is where a tracker
+swaps ids). Boxes smaller than ``min_height`` pixels or covered more than ``max_occlusion`` are never candidates.
 
 Each live track holds at most one candidate per ``spread_s`` seconds of its time, and at most ``4 * max_crops``
 candidates (the worst dropped first), so memory stays bounded however long a track lives. When the track ends,
@@ -36,6 +37,7 @@ class CropSettings:
     edge_penalty: float = 0.5
     spread_s: float = 1.0
     margin: float = 0.0  # context kept around the box, as a fraction of its size
+    max_occlusion: float = 0.4  # share of the box another person's box may cover
 
 
 @dataclass
@@ -55,10 +57,34 @@ def sharpness(gray: np.ndarray) -> float:
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
+def occlusion(targets: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """For each target box (N, 4), the largest share of its area that one of the other boxes (M, 4) covers; a box
+    of ``others`` that is the target itself (IoU above 0.9: a tracker returns the detection it matched) is skipped."""
+    if len(targets) == 0 or len(others) == 0:
+        return np.zeros(len(targets))
+    a, b = targets[:, None, :], others[None, :, :]
+    iw = (np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])).clip(0)
+    ih = (np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])).clip(0)
+    inter = iw * ih
+    area_a = ((targets[:, 2] - targets[:, 0]) * (targets[:, 3] - targets[:, 1])).clip(1e-6)[:, None]
+    area_b = ((others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])).clip(1e-6)[None, :]
+    itself = inter / (area_a + area_b - inter) > 0.9
+    return np.where(itself, 0.0, inter / area_a).max(axis=1)
+
+
 def candidate(
-    frame: np.ndarray, xyxy: np.ndarray, score: float, index: int, time_s: float, wall: float, s: CropSettings
+    frame: np.ndarray,
+    xyxy: np.ndarray,
+    score: float,
+    index: int,
+    time_s: float,
+    wall: float,
+    s: CropSettings,
+    covered: float = 0.0,
 ) -> Candidate | None:
-    """The crop of one tracked box with its quality, or None when the box is too small to be worth storing."""
+    """The crop of one tracked box with its quality, or None when the box is too small or too covered to store."""
+    if covered > s.max_occlusion:
+        return None
     fh, fw = frame.shape[:2]
     x0, y0, x1, y1 = (float(v) for v in xyxy)
     mx, my = (x1 - x0) * s.margin, (y1 - y0) * s.margin
@@ -73,7 +99,7 @@ def candidate(
     shape = math.exp(-0.5 * (math.log((w / h) / s.aspect) / s.aspect_tolerance) ** 2)
     m = s.edge_margin
     cut = x0 <= m or y0 <= m or x1 >= fw - m or y1 >= fh - m
-    quality = base * shape * (s.edge_penalty if cut else 1.0)
+    quality = base * shape * (1.0 - covered) * (s.edge_penalty if cut else 1.0)
     return Candidate(index, time_s, wall, (x0, y0, w, h), score, sharp, quality, image)
 
 

@@ -24,7 +24,9 @@ with warnings.catch_warnings():
 
 @dataclass(frozen=True)
 class TrackerSettings:
-    activation_threshold: float = 0.3  # a detection starts a track above this + 0.1 (ByteTrack's det_thresh)
+    # ByteTrack's two tiers: detections above this are matched first and (above this + 0.1) start tracks; weaker
+    # ones (down to the detector's own threshold) only continue a track, e.g. a person half hidden for a moment.
+    activation_threshold: float = 0.4
     lost_seconds: float = 2.0  # a track unseen this long is over
     matching_threshold: float = 0.8  # ByteTrack's IoU-cost gate for matching boxes to tracks
     min_frames: int = 3  # tracks seen in fewer frames are noise (a flicker of the detector): not stored
