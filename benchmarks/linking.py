@@ -205,7 +205,7 @@ def run(
     world = generate(seed=eval_seed, people=people, cameras=cameras, duration=duration)
     embeddings = "noise model (benchmarks.synth_tracks)"
     if artifact is not None:
-        from benchmarks.synth_render import render_world  # noqa: PLC0415 (draws with training.synth)
+        from benchmarks.synth_render import render_world  # draws with training.synth: only when asked
 
         tune = render_world(tune, artifact, seed=tune_seed)
         world = render_world(world, artifact, seed=eval_seed)

@@ -28,6 +28,9 @@ pairs the linker may never join are left out, so the rate is the constrained lin
 same rate: constraints buy recall). ``threshold_for`` picks the point; a gallery with no labelled tracks can only
 fall back on its crop-level calibration, whose rate is indicative (crops and track means score differently).
 
+``link`` holds (T, T) matrices (float64 distances, bool cannot-links): about 10 k tracks per call fit in a few GB
+(4,912 tracks took ~12 s on 2 shared cores); ``join`` adds later tracks at new x all cost.
+
 Without a topology, ``learn_topology`` learns one from confident links (mutual best matches across a camera
 pair above a stricter similarity): per pair, the shortest and longest gap seen, the minimum eased by ``SLACK``.
 
@@ -172,7 +175,7 @@ def load_topology(path: str | Path) -> Topology:
     path = Path(path)
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml  # noqa: PLC0415 (only YAML topologies need it)
+        import yaml  # only YAML topologies need it
 
         return Topology.model_validate(yaml.safe_load(text) or {})
     return Topology.model_validate(json.loads(text))
