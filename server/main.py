@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
 from embedders.base import Embedder
+from server.console.routes import build_router as console_router
 from server.errors import install_error_handlers
 from server.metrics import Metrics, MetricsMiddleware
 from server.middleware import (
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     app.include_router(search.router)
     app.include_router(gallery.router)
     app.include_router(health.router)
+    app.include_router(console_router(settings))
     return app
 
 

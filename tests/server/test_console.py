@@ -1,0 +1,392 @@
+"""The console (/console) in a real browser: Debian's chromium driven by chromedriver through Selenium, headless,
+against the real app under uvicorn on 127.0.0.1 with the tiny exported model and a gallery of synthetic people
+(kept crops, cameras, capture times, tracks). Every test ends by checking that the page made no request outside
+127.0.0.1 (chromium's network log) and logged no error (its console log) beyond the ones the test provoked.
+
+REID_SCREENSHOTS=DIR saves the screenshots the README shows (console-search.png, console-timeline.png) in DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from server.settings import Settings
+from tests.support import TINY_THRESHOLD, LiveServer
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
+)
+
+ADMIN, READER = "console-admin-key-0123", "console-read-key-4567"
+BASE_TIME = 1_772_442_000.0  # 2026-03-02 09:00:00 UTC: the gallery's captures are spread over the hour after it
+WAIT_S = 60  # the page waits on the model and the gallery; generous for a shared CI machine
+
+
+@dataclass
+class Item:
+    id: int
+    path: Path
+    person: str
+    camera: str
+    captured_at: float
+    track: str
+
+
+@dataclass
+class Console:
+    url: str
+    items: list[Item]
+    erasable: Item  # an item no other test searches for: the erase tests remove it
+    not_an_image: Path
+
+
+def _describe(path: Path) -> tuple[str, str, float, str]:
+    """Person, camera, capture time and track of a Market-1501 name (PPPP_cCsS_FFFFFF_NN.jpg)."""
+    person, cam_seq, frame, _ = path.stem.split("_")
+    camera = cam_seq[1 : cam_seq.index("s")]
+    captured_at = BASE_TIME + int(camera) * 900 + int(frame) % 600  # cameras a quarter of an hour apart
+    return person, camera, captured_at, f"{person}-c{camera}"
+
+
+def _add(client: httpx.Client, path: Path, person: str, camera: str, captured_at: float, track: str) -> int:
+    r = client.post(
+        "/v1/gallery",
+        files={"images": (path.name, path.read_bytes(), "image/jpeg")},
+        data={"person_id": person, "camera_id": camera, "captured_at": str(captured_at), "track_id": track},
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["ids"][0]
+
+
+@pytest.fixture(scope="module")
+def console(tiny_artifact, synth_data, tmp_path_factory) -> Iterator[Console]:
+    tmp = tmp_path_factory.mktemp("console")
+    settings = Settings(
+        backend="onnx",
+        artifact=tiny_artifact,
+        gallery_dir=tmp / "gallery",
+        keep_crops=True,
+        admin_keys=ADMIN,
+        read_keys=READER,
+        _env_file=None,
+    )
+    crops = [p for p in sorted((synth_data / "bounding_box_test").glob("*.jpg")) if not p.name.startswith("0000_")]
+    with LiveServer(settings) as url, httpx.Client(base_url=url, headers={"X-API-Key": ADMIN}, timeout=60) as client:
+        items = []
+        for path in crops:
+            person, camera, captured_at, track = _describe(path)
+            items.append(
+                Item(_add(client, path, person, camera, captured_at, track), path, person, camera, captured_at, track)
+            )
+        # A query crop of the last person: the searches for the first person (the screenshots) do not show it.
+        query = next(q for q in sorted((synth_data / "query").glob("*.jpg")) if q.name.startswith(items[-1].person))
+        erasable = Item(
+            _add(client, query, "erase-me", "9", BASE_TIME, "erase-me-c9"),
+            query,
+            "erase-me",
+            "9",
+            BASE_TIME,
+            "erase-me-c9",
+        )
+        not_an_image = tmp / "notes.png"
+        not_an_image.write_text("these are notes, not a picture\n")
+        yield Console(url, items, erasable, not_an_image)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",  # CI runs as root, where chromium's sandbox cannot start
+        "--disable-dev-shm-usage",
+        "--window-size=1280,800",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--lang=en-GB",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def page(browser: WebDriver, console: Console) -> Iterator[WebDriver]:
+    """A fresh console in a signed-out tab; afterwards, the checks every page must pass."""
+    browser.set_window_size(1280, 800)
+    browser.get(f"{console.url}/console")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(f"{console.url}/console")
+    browser.get_log("browser")
+    browser.get_log("performance")
+    browser.expected_errors = []  # substrings of console errors this test provokes on purpose
+    yield browser
+    _assert_stayed_local(browser, console.url)
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    unexpected = [m for m in errors if not any(expected in m for expected in browser.expected_errors)]
+    assert not unexpected, unexpected
+
+
+def _assert_stayed_local(driver: WebDriver, origin: str) -> None:
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    assert urls, "the network log recorded nothing: the check would be empty"
+    outside = [u for u in urls if not (u.startswith(f"{origin}/") or u.startswith("blob:") or u.startswith("data:"))]
+    assert not outside, outside
+
+
+# -- what the tests do on the page ---------------------------------------------------------------------------
+
+
+def wait_for(driver: WebDriver, condition, what: str):
+    try:
+        return WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(lambda d: condition(d))
+    except TimeoutException:
+        error = driver.find_element(By.ID, "error").text
+        raise AssertionError(f"timed out waiting for {what}; the page's error: {error!r}") from None
+
+
+def sign_in(driver: WebDriver, key: str) -> None:
+    field = driver.find_element(By.ID, "api-key")
+    field.send_keys(key, Keys.ENTER)  # the keyboard alone
+    wait_for(driver, lambda d: d.find_element(By.ID, "workspace").is_displayed(), "the workspace")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#gallery-stats dd"), "the gallery panel")
+
+
+def search(driver: WebDriver, crops: list[Path], *, cameras: str = "", top_k: int = 10) -> list[WebElement]:
+    driver.find_element(By.ID, "crops").send_keys("\n".join(str(p) for p in crops))
+    for field, value in (("cameras", cameras), ("top-k", str(top_k))):
+        element = driver.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    old = driver.find_elements(By.CSS_SELECTOR, "[data-results] > *")
+    driver.find_element(By.ID, "search-button").click()
+    wait_for(driver, lambda d: not old or not old[0].is_displayed() or _stale(old[0]), "new results")
+    wait_for(driver, lambda d: d.find_element(By.ID, "results").get_attribute("aria-busy") == "false", "the search")
+    hits = driver.find_elements(By.CSS_SELECTOR, "[data-results] [data-hit]")
+    wait_for(driver, lambda d: all(_image_loaded(d, h) for h in hits), "every hit's image")
+    return hits
+
+
+def _stale(element: WebElement) -> bool:
+    try:
+        element.is_enabled()
+    except Exception:
+        return True
+    return False
+
+
+def _image_loaded(driver: WebDriver, container: WebElement) -> bool:
+    return driver.execute_script(
+        "const i = arguments[0].querySelector('img'); return !!i && i.complete && i.naturalWidth > 0;", container
+    )
+
+
+def hit_ids(hits: list[WebElement]) -> list[int]:
+    return [int(h.get_attribute("data-hit")) for h in hits]
+
+
+def facts(element: WebElement) -> dict[str, str]:
+    terms = element.find_elements(By.CSS_SELECTOR, "dt")
+    values = element.find_elements(By.CSS_SELECTOR, "dd")
+    return {t.text: v.text for t, v in zip(terms, values, strict=True)}
+
+
+def screenshot(driver: WebDriver, name: str) -> None:
+    folder = os.environ.get("REID_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(folder) / name))
+
+
+# -- the tests -------------------------------------------------------------------------------------------------
+
+
+def test_console_answers_with_a_strict_content_security_policy(console):
+    r = httpx.get(f"{console.url}/console")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    csp = {part.split()[0]: part.split()[1:] for part in r.headers["content-security-policy"].split("; ")}
+    assert csp["default-src"] == ["'none'"] and csp["script-src"] == ["'self'"] and csp["connect-src"] == ["'self'"]
+    assert csp["img-src"] == ["'self'", "blob:"] and csp["frame-ancestors"] == ["'none'"]
+    assert csp["form-action"] == ["'none'"]
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
+    assert "<script>" not in r.text and " style=" not in r.text  # nothing inline: the CSP would refuse it
+    assets = set(re.findall(r'"(/console/static/[0-9a-f]+/[a-z.]+)"', r.text))
+    assert {a.rsplit("/", 1)[1] for a in assets} == {"console.js", "console.css", "favicon.svg"}
+    for asset in assets:
+        got = httpx.get(f"{console.url}{asset}")
+        assert got.status_code == 200 and got.headers["content-security-policy"] == r.headers["content-security-policy"]
+        assert "immutable" in got.headers["cache-control"]
+    assert httpx.get(f"{console.url}/console/static/0000/console.js").status_code == 404  # an old version is gone
+    assert "/console" not in httpx.get(f"{console.url}/openapi.json").json()["paths"]  # not part of the API
+
+
+def test_a_wrong_key_is_refused_in_words(page, console):
+    page.expected_errors = ["401"]
+    page.find_element(By.ID, "api-key").send_keys("not-the-key", Keys.ENTER)
+    error = wait_for(page, lambda d: d.find_element(By.ID, "error").text, "the error")
+    assert "The API key was not accepted" in error
+    assert not page.find_element(By.ID, "workspace").is_displayed()
+    assert page.execute_script("return sessionStorage.length") == 0
+    assert "not-the-key" not in page.current_url
+
+
+def test_search_with_one_crop_shows_hits_with_images_and_the_verdict(page, console):
+    sign_in(page, READER)
+    stats = facts(page.find_element(By.ID, "gallery-stats"))
+    assert int(stats["Items"]) == len(console.items) + 1 and stats["Ready"].startswith("yes")
+    assert page.execute_script("return sessionStorage.getItem('reid.console.apiKey')") == READER
+    assert READER not in page.current_url and not page.get_cookies()
+    query = console.items[0]
+    hits = search(page, [query.path])
+    assert hit_ids(hits)[0] == query.id  # its own image first
+    first = facts(hits[0])
+    assert first["Person"] == query.person and first["Camera"] == query.camera and first["Track"] == query.track
+    assert float(first["Score"]) == pytest.approx(1.0, abs=1e-3)
+    verdict = page.find_element(By.ID, "verdict").text
+    assert verdict.startswith(f"Match: person {query.person}") and "1% false-alarm rate" in verdict
+    assert f"threshold {TINY_THRESHOLD['score']:.3f}" in verdict
+    groups = page.find_elements(By.CSS_SELECTOR, "[data-results] [data-track]")
+    assert groups and groups[0].get_attribute("data-track") == query.track  # grouped by track, best first
+    screenshot(page, "console-search.png")
+
+
+def test_camera_filter_and_a_persons_path(page, console):
+    sign_in(page, READER)
+    query = console.items[0]
+    other = next(i.camera for i in console.items if i.camera != query.camera)
+    hits = search(page, [query.path], cameras=other, top_k=20)
+    assert hits and {facts(h)["Camera"] for h in hits} == {other}
+    assert query.id not in hit_ids(hits)
+
+    hits[0].find_element(By.XPATH, ".//button[text()='Show path']").send_keys(Keys.ENTER)
+    steps = wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-timeline] [data-step]"), "the path")
+    wait_for(page, lambda d: all(_image_loaded(d, s) for s in steps), "the path's images")
+    person = facts(hits[0])["Person"]
+    by_id = {i.id: i for i in console.items}
+    shown = [by_id[int(s.get_attribute("data-step"))] for s in steps]
+    assert {i.person for i in shown} == {person}
+    assert len(shown) == sum(i.person == person for i in console.items)  # every camera, not only the filtered one
+    assert [i.captured_at for i in shown] == sorted(i.captured_at for i in shown)
+    visits = page.find_elements(By.CSS_SELECTOR, "[data-timeline] > li h3")
+    assert [v.text.split(" · ")[0] for v in visits][0] == f"Camera {shown[0].camera}"
+    assert page.switch_to.active_element.get_attribute("id") == "timeline-title"
+    page.execute_script("document.getElementById('timeline-title').scrollIntoView()")
+    screenshot(page, "console-timeline.png")
+
+
+def test_search_with_two_crops_of_one_person(page, console):
+    sign_in(page, READER)
+    person = console.items[0].person
+    first, second = [i for i in console.items if i.person == person and i.camera != console.items[0].camera][:2]
+    hits = search(page, [first.path, second.path], top_k=20)
+    assert {first.id, second.id} <= set(hit_ids(hits))
+    assert facts(hits[0])["Person"] == person
+    assert "2 crops" in page.find_element(By.ID, "results-note").text
+    previews = page.find_elements(By.CSS_SELECTOR, "#previews img")
+    assert len(previews) == 2
+
+
+def test_an_admin_erases_an_item_after_confirming(page, console):
+    sign_in(page, ADMIN)
+    target = console.erasable
+    hits = search(page, [target.path], top_k=3)
+    assert hit_ids(hits)[0] == target.id
+    erase = hits[0].find_element(By.CSS_SELECTOR, "[data-erase]")
+    erase.click()
+    dialog = page.find_element(By.ID, "erase-dialog")
+    assert dialog.is_displayed() and f"Gallery item {target.id}" in dialog.text
+    page.switch_to.active_element.send_keys(Keys.ENTER)  # the focus starts on Cancel
+    assert not dialog.is_displayed() and page.find_elements(By.CSS_SELECTOR, f"[data-hit='{target.id}']")
+    with httpx.Client(base_url=console.url, headers={"X-API-Key": ADMIN}) as client:
+        assert client.get(f"/v1/gallery/{target.id}").status_code == 200  # cancelled: nothing happened
+        erase.click()
+        page.find_element(By.ID, "erase-confirm").click()
+        receipt = wait_for(
+            page, lambda d: d.find_elements(By.CSS_SELECTOR, f"[data-receipt='{target.id}']"), "a receipt"
+        )
+        assert f"Erased item {target.id} (person erase-me, camera 9)" in receipt[0].text
+        assert "reference" in receipt[0].text
+        assert not page.find_elements(By.CSS_SELECTOR, f"[data-hit='{target.id}']")
+        assert client.get(f"/v1/gallery/{target.id}").status_code == 404
+    wait_for(page, lambda d: facts(d.find_element(By.ID, "gallery-stats"))["Items"] == str(len(console.items)), "count")
+
+
+def test_a_read_key_cannot_erase_and_is_told_why(page, console):
+    page.expected_errors = ["403"]
+    sign_in(page, READER)
+    query = console.items[-1]
+    hits = search(page, [query.path], top_k=3)
+    hits[0].find_element(By.CSS_SELECTOR, "[data-erase]").click()
+    page.find_element(By.ID, "erase-confirm").click()
+    error = wait_for(page, lambda d: d.find_element(By.ID, "error").text, "the error")
+    assert "erasing needs an admin key" in error
+    assert not any(b.is_displayed() for b in page.find_elements(By.CSS_SELECTOR, "[data-erase]"))
+    with httpx.Client(base_url=console.url, headers={"X-API-Key": READER}) as client:
+        assert client.get(f"/v1/gallery/{query.id}").status_code == 200
+
+
+def test_a_file_that_is_not_an_image_is_refused_in_words(page, console):
+    page.expected_errors = ["415"]
+    sign_in(page, READER)
+    page.find_element(By.ID, "crops").send_keys(str(console.not_an_image))
+    page.find_element(By.ID, "search-button").click()
+    error = wait_for(page, lambda d: d.find_element(By.ID, "error").text, "the error")
+    assert "not an image the server can read" in error and "JPEG, PNG or WEBP" in error
+
+
+def test_every_control_is_labelled_and_the_page_fits_a_phone(page, console):
+    sign_in(page, READER)
+    search(page, [console.items[0].path])
+    unlabelled = page.execute_script(
+        """return [...document.querySelectorAll('input, button, select, textarea')].filter((c) => {
+             const named = c.labels && c.labels.length ? c.labels[0].textContent : (c.getAttribute('aria-label') || c.textContent);
+             return !named.trim();
+           }).map((c) => c.outerHTML);"""
+    )
+    assert not unlabelled
+    for width, height in ((1280, 800), (390, 844)):
+        page.set_window_size(width, height)
+        overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{overflow}px wider than a {width}x{height} window"
+    screenshot(page, "console-phone.png")
+
+
+def test_a_saved_key_survives_a_reload_and_sign_out_forgets_it(page, console):
+    sign_in(page, READER)
+    page.refresh()
+    wait_for(page, lambda d: d.find_element(By.ID, "workspace").is_displayed(), "the workspace after a reload")
+    page.find_element(By.ID, "sign-out").click()
+    assert page.find_element(By.ID, "login").is_displayed()
+    assert page.execute_script("return sessionStorage.length") == 0
