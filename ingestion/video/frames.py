@@ -146,6 +146,8 @@ class FrameReader:
                 self.status.read += 1
                 self.status.last_index = index
                 self._put(Frame(index, time_s, wall, image))
+            if self.status.ran_out and self.stream and self.status.error is None:
+                self.status.error = f"the stream stopped sending frames after frame {self.status.last_index}"
         except cv2.error as exc:  # a damaged file can make the decoder raise instead of returning False
             self.status.error = f"decoding failed after frame {index}: {exc}"
         finally:

@@ -140,6 +140,15 @@ def test_an_embedder_artifact_as_the_detector_is_refused(tmp_path, embedder_arti
 
 
 @needs_vtest
+def test_a_stream_that_stops_keeps_what_was_acknowledged(tmp_path, embedder_artifact, clip):
+    options = VideoOptions(camera_id="c1", live=True, queue_frames=256)  # a stream that ends after 12 s
+    summary, records = _run(str(clip), tmp_path / "g", embedder_artifact, MotionDetector(), options)
+    assert "stopped sending frames" in (summary.error or "")
+    assert summary.crops == len(records) > 0
+    assert all(abs(r.captured_at - time.time()) < 600 for r in records.values())  # a stream's clock
+
+
+@needs_vtest
 def test_a_live_source_drops_frames_it_cannot_keep_up_with(clip):
     reader = FrameReader(str(clip), queue_size=2, live=True)
     taken = 0
