@@ -2,7 +2,9 @@
 
 Every index holds our own int64 ids. "Flat" and "HNSW{M}" sit inside an IndexIDMap2; IVF indexes store
 ids natively (an IDMap around an IVF index breaks on remove_ids, which renumbers only compacting indexes).
-HNSW cannot remove vectors: the gallery keeps removed ids as tombstones and filters them.
+HNSW cannot remove vectors: the gallery keeps removed ids as tombstones and filters them. "auto" is not a faiss
+index but a policy (index.growth): exact Flat while the gallery is small, then IVF with a compressed code, picked
+again as the gallery grows; what it serves at a given moment is one of the indexes above (``describe``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import numpy as np
 
 FACTORY_PATTERNS = {
     "flat": re.compile(r"Flat"),
-    "ivf": re.compile(r"IVF(\d+),(Flat|PQ(\d+)(?:x(\d+))?)"),
+    "ivf": re.compile(r"IVF(\d+),(Flat|SQ8|PQ(\d+)(?:x(\d+))?)"),
     "hnsw": re.compile(r"HNSW(\d+)(?:,Flat)?"),
+    "auto": re.compile(r"auto(?::[a-z_]+=[0-9.]+(?:,[a-z_]+=[0-9.]+)*)?"),
 }
 TRAIN_POINTS_PER_CENTROID = 39  # below this faiss k-means warns that clustering is unreliable
 DEFAULT_EF_SEARCH = 64  # faiss's default of 16 loses recall at k=10
@@ -73,7 +76,10 @@ def parse_factory(factory: str, dim: int) -> IndexKind:
                 raise ValueError(f"factory {factory!r}: PQ{pq_m} does not divide the dimension {dim}")
             return IndexKind(factory, family, nlist=nlist, pq_m=pq_m, pq_nbits=nbits)
         return IndexKind(factory, family)
-    raise ValueError(f"unsupported index factory {factory!r}; use Flat, IVF<n>,Flat, IVF<n>,PQ<m> or HNSW<M>")
+    raise ValueError(
+        f"unsupported index factory {factory!r}; use auto[:key=value,...], Flat, IVF<n>,Flat, IVF<n>,SQ8,"
+        " IVF<n>,PQ<m> or HNSW<M>"
+    )
 
 
 def exact_index(dim: int) -> faiss.Index:
@@ -97,7 +103,8 @@ def empty_index(kind: IndexKind, dim: int) -> faiss.Index:
 def build_index(
     kind: IndexKind, dim: int, xb: np.ndarray, ids: np.ndarray, trained_empty: faiss.Index | None = None
 ) -> tuple[faiss.Index, bool, bytes | None]:
-    """An index of ``kind`` holding (xb, ids); exact if there are too few vectors to train.
+    """An index of ``kind`` holding (xb, ids); exact if there are too few vectors to train. "auto" starts exact
+    here: index.growth picks and trains its index off the write path once the gallery is large enough.
 
     ``trained_empty`` (an earlier training of this gallery, still empty) skips training. Returns (index, trained,
     the serialised trained-but-empty index when training ran here, else None) so the caller can keep it.
@@ -105,6 +112,8 @@ def build_index(
     fresh = None
     if trained_empty is not None:
         index, trained = trained_empty, True
+    elif kind.family == "auto":
+        index, trained = exact_index(dim), True
     elif kind.needs_training and len(xb) < kind.min_train_size:
         index, trained = exact_index(dim), False
     else:
@@ -126,10 +135,55 @@ def set_search_params(index: faiss.Index, nprobe: int | None, ef_search: int | N
         inner.hnsw.efSearch = ef_search or DEFAULT_EF_SEARCH
 
 
-def search(index: faiss.Index, xq: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """D, I for xq; small batches run on one OpenMP thread (a per-thread setting in OpenMP)."""
+def search(
+    index: faiss.Index,
+    xq: np.ndarray,
+    k: int,
+    threads: int,
+    *,
+    sel: faiss.IDSelector | None = None,
+    nprobe: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """D, I for xq; small batches run on one OpenMP thread (a per-thread setting in OpenMP). ``sel`` keeps the
+    search to the ids it holds (inside the index: IVF lists skip other ids before computing a distance);
+    ``nprobe`` overrides the index's own for this call (IVF only)."""
     faiss.omp_set_num_threads(1 if len(xq) <= SMALL_BATCH else threads)
-    return index.search(xq, k)
+    params = search_parameters(index, sel, nprobe)
+    return index.search(xq, k) if params is None else index.search(xq, k, params=params)
+
+
+def search_parameters(
+    index: faiss.Index, sel: faiss.IDSelector | None, nprobe: int | None
+) -> faiss.SearchParameters | None:
+    """The per-call parameters faiss takes for this index type (None: the index's own settings)."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if isinstance(inner, faiss.IndexIVF):
+        if sel is None and nprobe is None:
+            return None
+        return faiss.SearchParametersIVF(sel=sel, nprobe=min(inner.nlist, nprobe or inner.nprobe))
+    if isinstance(inner, faiss.IndexHNSW):
+        return None if sel is None else faiss.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch)
+    return None if sel is None else faiss.SearchParameters(sel=sel)
+
+
+def describe(index: faiss.Index) -> str:
+    """The factory string of the index being served ("Flat", "IVF1024,SQ8", ...), read from the index itself."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if isinstance(inner, faiss.IndexIVFScalarQuantizer):
+        return f"IVF{inner.nlist},SQ8"
+    if isinstance(inner, faiss.IndexIVFPQ):
+        return f"IVF{inner.nlist},PQ{inner.pq.M}x{inner.pq.nbits}"
+    if isinstance(inner, faiss.IndexIVF):
+        return f"IVF{inner.nlist},Flat"
+    if isinstance(inner, faiss.IndexHNSW):
+        return f"HNSW{inner.hnsw.nb_neighbors(1)}"
+    return "Flat"
+
+
+def bytes_per_vector(index: faiss.Index) -> float:
+    """Bytes the index keeps in memory per vector: the code and the id (the coarse quantizer is left out)."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    return float(getattr(inner, "code_size", 4 * index.d)) + 8.0
 
 
 def gpu_available() -> bool:

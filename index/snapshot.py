@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -66,6 +66,7 @@ class Manifest:
     written_at: str
     gallery_id: str = ""  # the log's gallery id
     covers: str = ""  # sha256 of the (id, vector crc32) pairs live at the watermark (Store.covered_digest)
+    index_choice: dict = field(default_factory=dict)  # factory "auto": what index.growth built and measured
     format: int = MANIFEST_FORMAT
 
     def to_bytes(self) -> bytes:

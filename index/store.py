@@ -461,6 +461,35 @@ class Store:
                 raise CorruptGallery(f"gallery database {self.path}: a stored vector is not {dim} float32 values")
             yield ids, np.frombuffer(blobs, dtype=np.float32).reshape(len(rows), dim)
 
+    def vectors_of(
+        self, ids: Sequence[int], dim: int, conn: sqlite3.Connection | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, xb) of the given ids that the log holds, in id order, each blob checked against its crc32: the
+        float vectors an approximate index re-ranks its shortlist with, read from the log on disk."""
+        conn = conn or self.reader()
+        rows = []
+        for chunk in _chunks(sorted({int(i) for i in ids}), SQL_VARS):
+            marks = ",".join("?" * len(chunk))
+            with self._damage_refused():
+                rows += conn.execute(
+                    f"SELECT id, vector, vector_crc FROM items WHERE id IN ({marks}) ORDER BY id", chunk
+                ).fetchall()
+        for rid, blob, crc in rows:
+            if zlib.crc32(blob) != crc or len(blob) != dim * 4:
+                raise CorruptGallery(f"gallery database {self.path}: the vector of id {rid} is corrupt (crc32)")
+        found = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        xb = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        return found, xb
+
+    def filter_columns_after(self, conn: sqlite3.Connection, after_id: int) -> Iterator[list[tuple]]:
+        """(id, camera_id, person_id, track_id, captured_at) of the live rows with id > after_id, in id order and in
+        chunks: what an in-memory column index of the filters needs (index.filters_faiss)."""
+        cursor = conn.execute(
+            "SELECT id, camera_id, person_id, track_id, captured_at FROM items WHERE id > ? ORDER BY id", (after_id,)
+        )
+        while rows := cursor.fetchmany(FETCH_ROWS):
+            yield rows
+
     def covered_digest(self, conn: sqlite3.Connection, last_id: int, last_seq: int) -> str | None:
         """sha256 of the (id, vector crc32) pairs a snapshot at this log position holds: the rows then live.
 
