@@ -263,13 +263,16 @@ def _canonical(labels: np.ndarray, first_seen: np.ndarray) -> np.ndarray:
 
 
 def _enforce(labels: np.ndarray, dist: np.ndarray, cl: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
-    """Re-cut every cluster that holds a cannot-link pair with complete linkage (which never merges one)."""
+    """Re-cut every cluster that holds a cannot-link pair with complete linkage, its cannot-links set above the
+    cut whatever ``CANNOT`` and the threshold are (complete linkage then never merges one)."""
     out, fixed, next_label = labels.copy(), 0, labels.max() + 1 if len(labels) else 0
+    above_cut = max(CANNOT, 2 * abs(1.0 - threshold) + 3.0)
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        if len(members) < 2 or not cl[np.ix_(members, members)].any():
+        block = cl[np.ix_(members, members)]
+        if len(members) < 2 or not block.any():
             continue
-        sub = _cut(dist[np.ix_(members, members)], threshold, "complete")
+        sub = _cut(np.where(block, above_cut, dist[np.ix_(members, members)]), threshold, "complete")
         out[members] = next_label + sub
         next_label += sub.max() + 1
         fixed += 1

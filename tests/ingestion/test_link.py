@@ -73,11 +73,21 @@ def _sites(draw):
     return _tracks(cams, first, last, xb), Topology(pairs=pairs)
 
 
-@settings(max_examples=60, deadline=None)
-@given(site=_sites(), threshold=st.floats(-0.5, 0.99), linkage=st.sampled_from(["average", "complete"]))
-def test_constraints_are_never_violated(site, threshold, linkage):
+@settings(max_examples=80, deadline=None)
+@given(
+    site=_sites(),
+    threshold=st.floats(-0.5, 0.99),
+    linkage=st.sampled_from(["average", "complete"]),
+    weak=st.booleans(),
+)
+def test_constraints_are_never_violated(site, threshold, linkage, weak):
+    import ingestion.link as link_module
+
     tracks, topo = site
-    result = link(tracks, threshold=threshold, topology=topo, linkage=linkage)
+    with pytest.MonkeyPatch.context() as mp:
+        if weak:  # a penalty too small to hold: the check after the cut alone must keep the constraints
+            mp.setattr(link_module, "CANNOT", 0.3)
+        result = link(tracks, threshold=threshold, topology=topo, linkage=linkage)
     assert len(violations(tracks, result.labels, topo)) == 0
     k = len(tracks) // 2
     new = join(tracks.take(range(k)), result.labels[:k], tracks.take(range(k, len(tracks))), threshold=threshold,
@@ -90,6 +100,20 @@ def test_appearance_alone_does_link_what_constraints_forbid():
     t = _tracks(["a", "a"], [0, 5], [10, 15], xb)
     assert link(t, threshold=0.5, constraints=False).labels.tolist() == [0, 0]
     assert link(t, threshold=0.5).labels.tolist() == [0, 1]
+
+
+def test_a_cluster_that_still_holds_a_cannot_link_is_re_cut(monkeypatch):
+    import ingestion.link as link_module
+
+    # A weak penalty lets average linkage merge across the cannot-link; the check afterwards must split it.
+    monkeypatch.setattr(link_module, "CANNOT", 0.3)
+    xb = _unit(np.r_[np.ones((3, 4)), np.ones((1, 4)) + 0.01])
+    t = _tracks(["a", "a", "b", "b"], [0, 5, 100, 200], [10, 15, 110, 210], xb)  # tracks 0 and 1 overlap
+    appearance = link(t, threshold=0.5, constraints=False)
+    assert appearance.labels.tolist() == [0, 0, 0, 0]
+    result = link(t, threshold=0.5)
+    assert result.report.reclustered == 1 and len(violations(t, result.labels)) == 0
+    assert result.labels[0] != result.labels[1]
 
 
 # -- against truth -------------------------------------------------------------------------------------------------
