@@ -297,13 +297,43 @@ def run_models(
     }
 
 
+def int8_recipe_steps() -> list[tuple[str, Any]]:
+    """The INT8 recipe one step at a time, from the plainest to the shipped one, with two variants on the way."""
+    from export.variants import Int8Recipe
+
+    return [
+        (
+            "per-tensor weights, u8 x s8, float BN/means",
+            Int8Recipe(per_channel=False, full_coverage=False, optimize_offline=False),
+        ),
+        ("per-channel weights (the earlier recipe)", Int8Recipe(full_coverage=False, optimize_offline=False)),
+        ("  variant: u8 x u8 (uint8 weights)", Int8Recipe(weights="u8", full_coverage=False, optimize_offline=False)),
+        (
+            "  variant: s8 x s8 (int8 activations)",
+            Int8Recipe(activations="s8", full_coverage=False, optimize_offline=False),
+        ),
+        ("+ every op quantised (no float island)", Int8Recipe(optimize_offline=False)),
+        ("+ graph optimised offline (shipped)", Int8Recipe()),
+    ]
+
+
+def timed_sessions(models: dict[str, Path], threads: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """An ONNX Runtime session per model, and the seconds each took to start."""
+    sessions, starts = {}, {}
+    for label, path in models.items():
+        t0 = time.perf_counter()
+        sessions[label] = ort_session(path, threads)
+        starts[label] = time.perf_counter() - t0
+    return sessions, starts
+
+
 def run_int8_steps(artifact: Path, data_root: Path, *, threads: int, rounds: int, workdir: Path) -> dict[str, Any]:
     """Build the INT8 model with each recipe step and measure speed (against fp32, interleaved), the retrieval
     change on the synthetic split, the float islands left and the session start time."""
     from export.config import ExportConfig
     from export.parity import load_parity_data, ort_embed, retrieval_metrics
     from export.spec import spec_from_onnx
-    from export.variants import Int8Recipe, float_ops, quantize_int8
+    from export.variants import float_ops, quantize_int8
 
     onnx_path = artifact / "model.onnx"
     spec = spec_from_onnx(onnx_path)
@@ -318,20 +348,7 @@ def run_int8_steps(artifact: Path, data_root: Path, *, threads: int, rounds: int
         calibration_images=cfg.calibration_images,
         seed=cfg.seed,
     )
-    steps = [
-        (
-            "per-tensor weights, u8 x s8, float BN/means",
-            Int8Recipe(per_channel=False, full_coverage=False, optimize_offline=False),
-        ),
-        ("per-channel weights (the earlier recipe)", Int8Recipe(full_coverage=False, optimize_offline=False)),
-        ("  variant: u8 x u8 (uint8 weights)", Int8Recipe(weights="u8", full_coverage=False, optimize_offline=False)),
-        (
-            "  variant: s8 x s8 (int8 activations)",
-            Int8Recipe(activations="s8", full_coverage=False, optimize_offline=False),
-        ),
-        ("+ every op quantised (no float island)", Int8Recipe(optimize_offline=False)),
-        ("+ graph optimised offline (shipped)", Int8Recipe()),
-    ]
+    steps = int8_recipe_steps()
     workdir.mkdir(parents=True, exist_ok=True)
     fp32 = ort_session(onnx_path, threads)
     fp32_metrics = retrieval_metrics(ort_embed(fp32, data.query.images), ort_embed(fp32, data.gallery.images), data)
@@ -342,15 +359,8 @@ def run_int8_steps(artifact: Path, data_root: Path, *, threads: int, rounds: int
         log(f"built {label.strip()} in {time.perf_counter() - t0:.0f} s")
         built.append((label, recipe, path))
 
-    sessions = {"fp32": fp32}
-    starts = {}
-    for label, _, path in built:
-        t0 = time.perf_counter()
-        sessions[label] = ort_session(path, threads)
-        starts[label] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ort_session(onnx_path, threads)
-    starts["fp32"] = time.perf_counter() - t0
+    sessions, starts = timed_sessions({"fp32": onnx_path} | {label: path for label, _, path in built}, threads)
+    sessions["fp32"] = fp32
 
     images = {b: data.crops[np.resize(np.arange(len(data.crops)), b)] for b in BATCHES}
     cells = {

@@ -21,23 +21,29 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import threading
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from index import faiss_index, filters_faiss, growth
+from index import faiss_index
 from index.errors import CorruptGallery, GalleryError, GalleryLocked, InvalidVector, MissingLog, ModelMismatch
+from index.gallery_snapshots import (
+    DB,
+    METRIC,
+    Snapshots,
+    items_without_log,
+    missing_log_message,
+    now_iso,
+)
 from index.protocol import GalleryBase
 from index.records import Hit, Identity, Record, SearchFilter, aggregate_identities
 from index.rwlock import RWLock
-from index.snapshot import MANIFEST, Manifest, SnapshotError, read_manifest, read_verified, sha256, write_atomic
+from index.snapshot import MANIFEST, SnapshotError
 from index.store import GALLERY_ID, Store
 
 __all__ = [
@@ -55,19 +61,14 @@ __all__ = [
     "aggregate_identities",
 ]
 
-DB = "gallery.sqlite"
 LOCK = "gallery.lock"
-TRAINED = "trained.faiss"
-TRAINED_KEY = "trained_sha256"  # in the log's settings, so a rebuild can trust trained.faiss without the manifest
 CALIBRATION_KEY = "calibration"  # in the log's settings: the verdict calibration as JSON
-METRIC = "inner_product"
-INDEX_FILE = re.compile(r"index\.(\d{6})\.faiss")
 FILTER_OVERFETCH = 4  # first fetch is k * this when filters are given; every widening multiplies it again
 SNAPSHOT_EVERY = 50_000  # mutations between automatic snapshots: bounds the catch-up work on open
 COMPACT_AT = 1024  # removed ids left in the index (tombstones) before it is compacted off the search path
 
 
-class Gallery(GalleryBase):
+class Gallery(Snapshots, GalleryBase):
     """Use Gallery.create / open / open_or_create; the constructor does no I/O.
 
     Concurrency: searches run on any thread, many at once, and never wait for a write. Writes (add, remove,
@@ -116,8 +117,6 @@ class Gallery(GalleryBase):
         self._calibration_text: str | None = None  # the parsed calibration() and the text it came from
         self._calibration: dict | None = None
         self._open_seconds = 0.0
-        self._columns = filters_faiss.ColumnIndex()  # the filterable columns, for filters applied inside faiss
-        self._growth: growth.Grower | None = None  # factory "auto": picks and rebuilds the index as it grows
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -144,16 +143,16 @@ class Gallery(GalleryBase):
         try:
             if (path / DB).exists():
                 raise GalleryError(f"a gallery already exists in {path}")
-            evidence = _items_without_log(path)
+            evidence = items_without_log(path)
             if evidence and not allow_missing_log:
-                raise MissingLog(_missing_log_message(evidence))
+                raise MissingLog(missing_log_message(evidence))
             if evidence:
                 gallery._recovered.append(f"{DB} was missing while {evidence}; started an empty log as allowed")
                 for name in (f"{DB}-wal", f"{DB}-shm", f"{DB}-journal"):  # never replayed into the new log
                     if (path / name).exists():
                         os.replace(path / name, path / f"{name}.orphaned")
             settings = {"model_id": model_id, "dim": str(dim), "factory": factory, "metric": METRIC}
-            settings["created_at"] = _now_iso()
+            settings["created_at"] = now_iso()
             settings[GALLERY_ID] = uuid.uuid4().hex
             gallery._store.initialise(settings)
             gallery._load()
@@ -166,8 +165,8 @@ class Gallery(GalleryBase):
     def open(cls, path: str | os.PathLike, *, readonly: bool = False, **options) -> Gallery:
         path = Path(path)
         if not (path / DB).is_file():
-            if evidence := _items_without_log(path):
-                raise MissingLog(_missing_log_message(evidence))
+            if evidence := items_without_log(path):
+                raise MissingLog(missing_log_message(evidence))
             raise GalleryError(f"no gallery in {path} ({DB} is missing)")
         gallery = cls(path, readonly=readonly, **options)
         try:
@@ -222,8 +221,6 @@ class Gallery(GalleryBase):
             dim = int(self._settings["dim"])
             self._kind = faiss_index.parse_factory(self._settings["factory"], dim)
             self._settings["model_id"]  # noqa: B018 (must exist)
-            if self._kind.family == "auto":
-                self._growth = growth.Grower(self, growth.Policy.parse(self._kind.factory))
         except (KeyError, ValueError) as exc:
             raise CorruptGallery(f"gallery settings in {self.path / DB} are incomplete or wrong: {exc}") from exc
         if not self.readonly:
@@ -245,105 +242,6 @@ class Gallery(GalleryBase):
                     self._write_snapshot()
             self._remove_stale_files()
         self._open_seconds = time.perf_counter() - started
-
-    def _load_snapshot(self, conn) -> None:
-        manifest = read_manifest(self.path)
-        expected = (self.model_id, self.dim, self.factory, METRIC)
-        found = (manifest.model_id, manifest.dim, manifest.factory, manifest.metric)
-        if found != expected:
-            raise SnapshotError(f"manifest says {found}, the log says {expected}")
-        if not manifest.gallery_id or manifest.gallery_id != self._settings.get(GALLERY_ID):
-            raise SnapshotError("the manifest belongs to another gallery's log (gallery id differs)")
-        try:
-            ntotal, last_id = int(manifest.counts["ntotal"]), int(manifest.watermark["last_id"])
-            last_seq = int(manifest.watermark["last_removal_seq"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SnapshotError(f"manifest counts or watermark are malformed ({exc!r})") from None
-        log_id, log_seq = self._store.log_position(conn)
-        if last_id > log_id or last_seq > log_seq:
-            # The snapshot saw writes the log no longer has: acknowledged items were lost with the log.
-            raise CorruptGallery(
-                f"the log {self.path / DB} ends at id {log_id} (removal {log_seq}) but its snapshot covers id"
-                f" {last_id} (removal {last_seq}): acknowledged writes are missing from the log (an older copy?);"
-                f" restore the log, or delete {MANIFEST} to serve the log as it is"
-            )
-        if manifest.covers != self._store.covered_digest(conn, last_id, last_seq):
-            raise SnapshotError("the manifest's digest of the rows it covers disagrees with the log")
-        data = read_verified(self.path, manifest)
-        try:
-            index = faiss_index.from_bytes(data)
-        except RuntimeError as exc:
-            raise SnapshotError(f"snapshot {manifest.index_file} does not load ({exc})") from None
-        if index.d != self.dim or index.ntotal != ntotal:
-            raise SnapshotError(f"snapshot {manifest.index_file} disagrees with the manifest")
-        self._install(index, bool(manifest.trained), last_id, last_seq)
-        self._catch_up(conn)
-        self._check_consistent(conn)
-
-    def _install(self, index: faiss.Index, trained: bool, last_id: int, last_seq: int) -> None:
-        faiss_index.set_search_params(index, self.nprobe, self.ef_search)
-        on_gpu = self.gpu and self._kind.family != "hnsw" and faiss_index.gpu_available()
-        if on_gpu:
-            index = faiss_index.to_gpu(index)
-        with self._rw.write():
-            self._on_gpu = on_gpu
-            self._index = index
-            self._trained = trained
-            self._tombstones = set()
-        self._last_id, self._last_seq = last_id, last_seq
-
-    def _catch_up(self, conn) -> int:
-        """Apply the log after the watermark (removals of older rows, then newer rows); returns rows applied."""
-        last_id, last_seq = self._store.log_position(conn)
-        removed = [i for i in self._store.removals_after(conn, self._last_seq) if i <= self._last_id]
-        applied = len(removed)
-        with self._rw.write():
-            if removed:
-                self._remove_from_index(removed)
-            for ids, xb in self._store.vectors_after(conn, self._last_id, self.dim):
-                self._index.add_with_ids(xb, ids)
-                applied += len(ids)
-        self._last_id, self._last_seq = last_id, last_seq
-        self._count = self._store.count(conn)
-        self._dirty += applied
-        return applied
-
-    def _check_consistent(self, conn) -> None:
-        live = self._index.ntotal - len(self._tombstones)
-        if live != self._store.count(conn):
-            raise SnapshotError(f"the index holds {live} live vectors, the log {self._count}")
-
-    def _rebuild(self, conn) -> None:
-        """A fresh index from every live vector in the log (trained if the factory needs it and there are enough)."""
-        chunks = list(self._store.vectors_after(conn, 0, self.dim))
-        ids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, dtype=np.int64)
-        xb = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0, self.dim), dtype=np.float32)
-        trained_empty = self._trained_empty(conn) if self._kind.needs_training else None
-        index, trained, fresh = faiss_index.build_index(self._kind, self.dim, xb, ids, trained_empty)
-        if fresh is not None and not self.readonly:
-            write_atomic(self.path / TRAINED, fresh)
-            self._store.set_setting(TRAINED_KEY, sha256(fresh))
-        last_id, last_seq = self._store.log_position(conn)
-        self._install(index, trained, last_id, last_seq)
-        self._count = len(ids)
-        self._dirty += 1
-
-    def _trained_empty(self, conn) -> faiss.Index | None:
-        """The gallery's earlier IVF training, if it was saved and verifies; None means train again."""
-        expected = self._store.setting(conn, TRAINED_KEY)
-        if expected is None:
-            return None
-        try:
-            data = (self.path / TRAINED).read_bytes()
-            if sha256(data) != expected:
-                raise ValueError("checksum mismatch")
-            index = faiss_index.from_bytes(data)
-            if index.d != self.dim or index.ntotal != 0 or not index.is_trained:
-                raise ValueError("not an empty trained index of this dimension")
-        except (OSError, RuntimeError, ValueError) as exc:
-            self._recovered.append(f"{TRAINED} unusable ({exc}); trained again from the log")
-            return None
-        return index
 
     def refresh(self) -> int:
         """Catch up with rows another process wrote since this gallery was opened (read-only galleries)."""
@@ -447,8 +345,6 @@ class Gallery(GalleryBase):
 
     def _maybe_train(self) -> None:
         """Swap the exact stand-in for the factory's index once there are enough vectors to train it."""
-        if self._growth is not None:  # "auto" builds off the write path, on its own thread
-            return self._growth.after_write()
         if self._trained or not self._kind.needs_training or self._count < self._kind.min_train_size:
             return
         with self._store.view() as conn:
@@ -465,54 +361,6 @@ class Gallery(GalleryBase):
         with self._write_mutex:
             self._compact()
             self._write_snapshot()
-
-    def _write_snapshot(self) -> None:
-        # Caller holds the write mutex, so the index and the watermark do not move underneath us.
-        if self._tombstones:  # HNSW cannot drop vectors: a snapshot holds live vectors only
-            with self._store.view() as conn:
-                self._rebuild(conn)
-        with self._rw.write() if self._on_gpu else self._rw.read():
-            data = faiss_index.to_bytes(self._index)
-            ntotal = self._index.ntotal
-        with self._store.view() as conn:
-            covers = self._store.covered_digest(conn, self._last_id, self._last_seq)
-        name = f"index.{self._next_generation():06d}.faiss"
-        write_atomic(self.path / name, data)
-        manifest = Manifest(
-            model_id=self.model_id,
-            dim=self.dim,
-            metric=METRIC,
-            factory=self.factory,
-            trained=self._trained,
-            index_file=name,
-            counts={"vectors": self._count, "ntotal": ntotal},
-            checksums={name: sha256(data)},
-            watermark={"last_id": self._last_id, "last_removal_seq": self._last_seq},
-            written_at=_now_iso(),
-            gallery_id=self._settings[GALLERY_ID],
-            covers=covers or "",
-            index_choice=self._growth.manifest_entry() if self._growth is not None else {},
-        )
-        write_atomic(self.path / MANIFEST, manifest.to_bytes())
-        self._dirty = 0
-        self._remove_stale_files(keep=name)
-
-    def _next_generation(self) -> int:
-        found = [int(m.group(1)) for p in self.path.iterdir() if (m := INDEX_FILE.fullmatch(p.name))]
-        return max(found, default=0) + 1
-
-    def _remove_stale_files(self, keep: str | None = None) -> None:
-        """Snapshots the manifest no longer names and temp files left by a crash."""
-        if keep is None:
-            try:
-                keep = read_manifest(self.path).index_file
-            except SnapshotError:
-                return
-        for p in self.path.iterdir():
-            if (INDEX_FILE.fullmatch(p.name) and p.name != keep) or (
-                p.name.startswith(".") and p.name.endswith(".tmp")
-            ):
-                p.unlink(missing_ok=True)
 
     # -- reads ---------------------------------------------------------------------------------------------
 
@@ -593,16 +441,13 @@ class Gallery(GalleryBase):
         results: list[list[Hit]] = [[] for _ in range(len(xq))]
         with self._rw.read():
             ntotal, holes = self._index.ntotal, len(self._tombstones)
-        # Filters go inside the faiss search as an id selector (not on GPU indexes, which take none: those
-        # over-fetch). A few extra for removed ids still in the index; the widening below covers any shortfall.
-        selection = None if active is None or self._on_gpu else self._columns.selection(self._store, active)
-        overfetch = FILTER_OVERFETCH if active is not None and selection is None else 1
-        fetch = min(ntotal, k * overfetch + min(holes, k))
+        # A few extra for removed ids still in the index; the widening below covers any shortfall.
+        fetch = min(ntotal, k * (FILTER_OVERFETCH if active else 1) + min(holes, k))
         pending = list(range(len(xq)))
         while pending and fetch > 0:
             # GPU indexes are not thread-safe even for searches: those take the exclusive side of the lock.
             with self._rw.write() if self._on_gpu else self._rw.read():
-                D, I = self._search_index(xq[pending], fetch, selection)  # noqa: E741, N806 (faiss vocabulary)
+                D, I = faiss_index.search(self._index, xq[pending], fetch, self.threads)  # noqa: E741, N806 (faiss vocabulary)
                 ntotal = self._index.ntotal
             found = I[I >= 0]  # faiss pads with -1: never a gallery id
             records = self._store.records(np.unique(found).tolist())
@@ -622,11 +467,6 @@ class Gallery(GalleryBase):
                     still.append(qi)
             pending, fetch = still, min(ntotal, fetch * FILTER_OVERFETCH)
         return results
-
-    def _search_index(self, xq: np.ndarray, k: int, selection: filters_faiss.Selection | None):
-        if self._growth is not None:
-            return self._growth.search(self._index, xq, k, selection)
-        return filters_faiss.search(self._index, xq, k, self.threads, self.nprobe, selection)
 
     def stats(self) -> dict:
         self._check_open()
@@ -654,7 +494,6 @@ class Gallery(GalleryBase):
             "ef_search": self.ef_search or faiss_index.DEFAULT_EF_SEARCH,
             "open_seconds": round(self._open_seconds, 4),
             "recovered": list(self._recovered),
-            "index_choice": None if self._growth is None else self._growth.stats(),
         }
 
     # -- calibration ---------------------------------------------------------------------------------------
@@ -685,8 +524,6 @@ class Gallery(GalleryBase):
         if self._closed:
             return
         try:
-            if self._growth is not None:
-                self._growth.close()
             if not self.readonly and self._index is not None and self._dirty:
                 with self._write_mutex:
                     self._compact()
@@ -697,41 +534,3 @@ class Gallery(GalleryBase):
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # closing the descriptor releases the flock
                 self._lock_fd = None
-
-
-def _items_without_log(path: Path) -> str | None:
-    """What in a folder without its log shows that the gallery held items, or None (never held any)."""
-    if not path.is_dir():
-        return None
-    if (path / f"{DB}-wal").is_file() and (path / f"{DB}-wal").stat().st_size:
-        return f"{DB}-wal is still there"
-    if (path / TRAINED).exists():
-        return f"{TRAINED} shows the index was trained on items"
-    if (path / MANIFEST).exists():
-        try:
-            manifest = read_manifest(path)
-            vectors, last_id = int(manifest.counts.get("vectors", 0)), int(manifest.watermark.get("last_id", 0))
-        except (SnapshotError, AttributeError, TypeError, ValueError):
-            return f"{MANIFEST} is there but unreadable (it may count items)"
-        if vectors or last_id:
-            return f"{MANIFEST} counts {vectors} items (ids up to {last_id})"
-    for p in sorted(path.iterdir()):
-        if INDEX_FILE.fullmatch(p.name):
-            try:
-                ntotal = faiss_index.from_bytes(p.read_bytes()).ntotal
-            except (OSError, RuntimeError):
-                return f"snapshot {p.name} is there but unreadable (it may hold items)"
-            if ntotal:
-                return f"snapshot {p.name} holds {ntotal} vectors"
-    return None
-
-
-def _missing_log_message(evidence: str) -> str:
-    return (
-        f"the gallery's log of record ({DB}) is missing while {evidence}; restore the log, or open with"
-        " allow_missing_log=True to start an empty gallery"
-    )
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -7,9 +7,8 @@ opening checks them, as the embedded store checks its log, and refuses another m
 
 Consistency level Strong: a search sees every write acknowledged before it, so an added item is found by the next
 search and a removed one never comes back. Milvus filters before it ranks, so a filtered search returns the
-true top k that pass (no over-fetching). Filters become Milvus boolean expressions built here from validated
-values only: strings are checked and written as escaped literals, numbers as finite floats; nothing a caller
-sends is pasted into an expression.
+true top k that pass (no over-fetching). Filters become Milvus boolean expressions built by
+index.milvus_expr from validated values only.
 
 Ids are not Milvus' auto_id: those are assigned by the server, so a copy into another collection would renumber
 every item. They come from reid.next_id, reserved in blocks (the block is persisted before any of its ids is
@@ -18,10 +17,7 @@ processes that take turns share one sequence; two processes reserving at the sam
 one writing process per collection (the embedded store enforces the same with its lock file). add_new's
 content-hash check and insert run under one lock: atomic within a process.
 
-Errors: every public method (and open) turns what pymilvus or gRPC raises into the gallery's errors at one
-boundary (``_milvus_boundary``): a connection lost, a server unavailable, overloaded or timed out is
-GalleryUnavailable (the API answers 503 with Retry-After); the collection gone while open (dropped) is MissingLog,
-never an empty answer; anything else Milvus refuses is a GalleryError.
+Errors: every public method (and open) raises the gallery's errors, never the client's (index.milvus_errors).
 
 Every client call has a deadline, ``timeout`` seconds (REID_GALLERY_TIMEOUT_S at the server, DEFAULT_TIMEOUT_S
 here). Without one, a Milvus that stops answering (a hung server, a host gone without closing its connections)
@@ -49,23 +45,30 @@ passed through unchanged (GPU_CAGRA:intermediate_graph_degree=64, GPU_IVF_FLAT:n
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
-import math
-import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from time import time
 
-import grpc
 import numpy as np
-from pymilvus import DataType, MilvusClient, MilvusException
-from pymilvus.exceptions import CollectionNotExistException, ConnectError, ErrorCode, MilvusUnavailableException
+from pymilvus import DataType, MilvusClient
 
 from index import metadata as meta
-from index.errors import GalleryError, GalleryUnavailable, MissingLog, ModelMismatch
+from index.errors import GalleryError, MissingLog, ModelMismatch
+from index.milvus_errors import FAILURES, gallery_error, milvus_boundary
+from index.milvus_expr import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_NPROBE,
+    MAX_TEXT,
+    filter_expression,
+    id_list,
+    in_list,
+    milvus_index,
+    number_literal,
+    search_params,
+)
 from index.protocol import GalleryBase
 from index.records import Hit, Record, SearchFilter
 from index.uri import DEFAULT_MILVUS_TIMEOUT_S, GalleryURI
@@ -76,174 +79,21 @@ METRIC = "inner_product"
 FORMAT = "1"
 PROP = "reid."  # prefix of the collection properties this module owns
 ID_BLOCK = 1024  # ids reserved per property write
-MAX_TEXT = 1024  # bytes of person, camera and track ids
 MAX_SOURCE = 4096
 MAX_HASH = 128
 QUERY_WINDOW = 16_384  # Milvus' default cap on one query's or search's result size
 LITE_FLUSH_ROWS = 512  # Milvus Lite searches unflushed rows one by one (~0.1 ms each): flush every this many
-DEFAULT_NPROBE = 16
-DEFAULT_EF_SEARCH = 64
 # Deadline of each client call (None: pymilvus' own behaviour, no deadline).
 DEFAULT_TIMEOUT_S = DEFAULT_MILVUS_TIMEOUT_S
 LOAD_TIMEOUT_S = 600.0  # loading a collection of tens of millions of vectors at open is legitimately slow
-HNSW_EF_CONSTRUCTION = 200
 TEXT_FIELDS = ("person_id", "camera_id", "track_id", "source", "content_hash")
 RECORD_FIELDS = [*TEXT_FIELDS, "captured_at", "added_at", "metadata"]
-PASS_THROUGH = re.compile(r"([A-Z][A-Z0-9_]*)(?::(.*))?")
 DATABASE = "default"  # a gallery URI names no database: every collection lives in Milvus' default one
 HELD_ITEMS = PROP + "gallery."  # database property per collection: the evidence that it held items
 # Milvus' JSON holds 64-bit integers only: a longer one would be refused by the client after validation passed.
 STORED_METADATA = dataclasses.replace(meta.STORABLE, int64=True)
 _REPORTED: set[tuple[str, str, int]] = set()  # (uri, collection, id) of stand-ins served, logged once each
 _REPORTED_MAX = 10_000
-
-# -- errors: pymilvus and gRPC -> the gallery's ------------------------------------------------------------------
-
-FAILURES = (MilvusException, grpc.RpcError, grpc.FutureTimeoutError, ConnectionError, TimeoutError)
-# pymilvus' "could not connect" (Status.CONNECT_FAILED) and Milvus' "service unavailable" are both code 2.
-UNAVAILABLE_CODES = frozenset({2, ErrorCode.RATE_LIMIT})
-UNAVAILABLE_GRPC = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.CANCELLED,
-    }
-)
-
-
-def gallery_error(exc: BaseException, target: GalleryURI) -> GalleryError:
-    """The gallery's error for what the Milvus client raised (its message for logs: the API answers its own)."""
-    if isinstance(exc, grpc.RpcError):  # a grpc.Call in practice; the bare base class has neither method
-        code = exc.code() if callable(getattr(exc, "code", None)) else None
-        message = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    elif isinstance(exc, MilvusException):
-        code, message = exc.code, exc.message
-    else:
-        code, message = None, str(exc) or type(exc).__name__
-    if isinstance(exc, CollectionNotExistException) or code == ErrorCode.COLLECTION_NOT_FOUND:
-        return MissingLog(
-            f"collection {target.collection!r} is gone while the gallery was open (dropped?): refused rather than"
-            " served empty; restore it, or reopen with allow_missing_log=True to start an empty gallery"
-        )
-    unavailable = (
-        isinstance(exc, ConnectError | MilvusUnavailableException | grpc.FutureTimeoutError | ConnectionError)
-        or isinstance(exc, TimeoutError)
-        or (isinstance(exc, MilvusException) and exc.retriable and not exc.is_input_error)
-        or code in UNAVAILABLE_GRPC
-        or (isinstance(code, int) and code in UNAVAILABLE_CODES)
-    )
-    if unavailable:
-        return GalleryUnavailable(f"Milvus at {target} is unavailable: {message}")
-    return GalleryError(f"Milvus refused a request on {target}: {message}")
-
-
-def _milvus_boundary(method: Callable) -> Callable:
-    """Raise the gallery's errors, never the client's: wraps each public method of MilvusGallery."""
-
-    @functools.wraps(method)
-    def wrapper(self: MilvusGallery, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except FAILURES as exc:
-            raise gallery_error(exc, self.target) from exc
-
-    return wrapper
-
-
-def milvus_index(factory: str, dim: int) -> tuple[str, dict]:
-    """(Milvus index type, build params) for a faiss-style factory string or a Milvus index name."""
-    if factory == "Flat":
-        return "FLAT", {}
-    if m := re.fullmatch(r"IVF(\d+),Flat", factory):
-        return "IVF_FLAT", {"nlist": int(m.group(1))}
-    if m := re.fullmatch(r"IVF(\d+),PQ(\d+)(?:x(\d+))?", factory):
-        nlist, pq_m, nbits = int(m.group(1)), int(m.group(2)), int(m.group(3) or 8)
-        if dim % pq_m:
-            raise ValueError(f"factory {factory!r}: PQ{pq_m} does not divide the dimension {dim}")
-        return "IVF_PQ", {"nlist": nlist, "m": pq_m, "nbits": nbits}
-    if m := re.fullmatch(r"HNSW(\d+)(?:,Flat)?", factory):
-        return "HNSW", {"M": int(m.group(1)), "efConstruction": HNSW_EF_CONSTRUCTION}
-    if m := PASS_THROUGH.fullmatch(factory):
-        params = {}
-        for item in filter(None, (m.group(2) or "").split(",")):
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"index {factory!r}: parameters are key=value pairs separated by commas")
-            params[key.strip()] = _number(value.strip())
-        return m.group(1), params
-    raise ValueError(
-        f"unsupported index {factory!r}; use Flat, IVF<n>,Flat, IVF<n>,PQ<m>, HNSW<M> or a Milvus index type "
-        "name (e.g. GPU_CAGRA:intermediate_graph_degree=64)"
-    )
-
-
-def _number(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def search_params(index_type: str, k: int, nprobe: int | None, ef_search: int | None) -> dict:
-    if index_type.startswith("IVF") or index_type.startswith("GPU_IVF"):
-        return {"nprobe": nprobe or DEFAULT_NPROBE}
-    if index_type == "HNSW":
-        return {"ef": max(k, ef_search or DEFAULT_EF_SEARCH)}
-    return {}
-
-
-# -- filters -> expressions -------------------------------------------------------------------------------------
-
-
-def text_literal(value: object, what: str = "value") -> str:
-    """A validated string as a Milvus string literal: quotes, backslashes and control characters escaped."""
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} is not valid Unicode text") from None
-    if size > MAX_TEXT:
-        raise ValueError(f"{what} is longer than {MAX_TEXT} bytes")
-    return json.dumps(value, ensure_ascii=False)  # JSON's string escapes are a subset of Milvus' (C-style)
-
-
-def number_literal(value: object, what: str) -> str:
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{what} must be finite")
-    return repr(number)
-
-
-def _in_list(field: str, values: frozenset[str]) -> str:
-    literals = ", ".join(text_literal(v, field) for v in sorted(values))
-    return f"{field} in [{literals}]"
-
-
-def filter_expression(filters: SearchFilter | None) -> str:
-    """The Milvus boolean expression keeping exactly what SearchFilter.matches keeps ("" = everything)."""
-    if filters is None or filters.is_empty:
-        return ""
-    parts = []
-    for field, wanted in (("camera_id", filters.cameras), ("person_id", filters.person_ids)):
-        if wanted is not None:
-            parts.append(_in_list(field, wanted) if wanted else "id < 0")  # an empty set keeps nothing
-    if filters.exclude_cameras:  # records without a camera are kept, as in the embedded store
-        parts.append(f"(camera_id is null or not ({_in_list('camera_id', filters.exclude_cameras)}))")
-    if filters.time_from is not None:
-        parts.append(f"captured_at >= {number_literal(filters.time_from, 'time_from')}")
-    if filters.time_to is not None:
-        parts.append(f"captured_at <= {number_literal(filters.time_to, 'time_to')}")
-    return " and ".join(parts)
-
-
-def _id_list(ids: Sequence[int]) -> str:
-    return "[" + ", ".join(str(int(i)) for i in ids) + "]"
-
 
 # -- the gallery --------------------------------------------------------------------------------------------
 
@@ -321,7 +171,7 @@ class MilvusGallery(GalleryBase):
             raise
         return gallery
 
-    @_milvus_boundary
+    @milvus_boundary
     def _open_or_create(self, model_id: str | None, dim: int | None, factory: str, allow_missing_log: bool) -> None:
         if not self._client.has_collection(self.collection, timeout=self.timeout):
             held = self._held_items()
@@ -502,13 +352,13 @@ class MilvusGallery(GalleryBase):
             self._client.flush(self.collection, timeout=self.timeout)
             self._unflushed = 0
 
-    @_milvus_boundary
+    @milvus_boundary
     def add(self, xb, records: Sequence[Record], *, model_id: str) -> list[int]:
         """Add vectors with their records; returns the new ids once Milvus has acknowledged them."""
         with self._write_mutex:
             return self._add_locked(xb, records, model_id)
 
-    @_milvus_boundary
+    @milvus_boundary
     def add_new(self, xb, records: Sequence[Record], *, model_id: str) -> list[tuple[int, bool]]:
         """As the embedded store (GalleryBase.add_new), with Milvus' errors mapped at this boundary."""
         return super().add_new(xb, records, model_id=model_id)
@@ -529,7 +379,7 @@ class MilvusGallery(GalleryBase):
         self._insert(rows)
         return ids
 
-    @_milvus_boundary
+    @milvus_boundary
     def import_items(self, ids: Sequence[int], xb, records: Sequence[Record], *, model_id: str) -> int:
         """Add items under the ids they have in another gallery (reid gallery copy); ids must be new here."""
         ids = [int(i) for i in ids]
@@ -555,7 +405,7 @@ class MilvusGallery(GalleryBase):
             self._insert(rows)
         return len(ids)
 
-    @_milvus_boundary
+    @milvus_boundary
     def remove(self, ids) -> int:
         """Remove the ids that exist; returns how many were removed. Ids are never reused."""
         self._check_open()
@@ -572,12 +422,12 @@ class MilvusGallery(GalleryBase):
     def _query(self, expr: str, fields: list[str], limit: int) -> list[dict]:
         return self._client.query(self.collection, filter=expr, output_fields=fields, limit=limit, timeout=self.timeout)
 
-    @_milvus_boundary
+    @milvus_boundary
     def get(self, id: int) -> Record | None:
         self._check_open()
         return None if int(id) < 1 else self.records([int(id)]).get(int(id))
 
-    @_milvus_boundary
+    @milvus_boundary
     def records(self, ids: Sequence[int]) -> dict[int, Record]:
         """Records of the ids that exist (removed ids are simply absent)."""
         self._check_open()
@@ -585,15 +435,15 @@ class MilvusGallery(GalleryBase):
         wanted = sorted({int(i) for i in ids if int(i) > 0})
         for start in range(0, len(wanted), 1000):
             chunk = wanted[start : start + 1000]
-            for row in self._query(f"id in {_id_list(chunk)}", ["id", *RECORD_FIELDS], len(chunk)):
+            for row in self._query(f"id in {id_list(chunk)}", ["id", *RECORD_FIELDS], len(chunk)):
                 out[int(row["id"])] = self._record(row)
         return out
 
-    @_milvus_boundary
+    @milvus_boundary
     def find_hash(self, content_hash: str) -> int | None:
         return self.find_hashes([content_hash]).get(content_hash)
 
-    @_milvus_boundary
+    @milvus_boundary
     def find_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
         """The first id stored under each content hash the gallery holds."""
         self._check_open()
@@ -601,13 +451,13 @@ class MilvusGallery(GalleryBase):
         unique = list(dict.fromkeys(hashes))
         for start in range(0, len(unique), 500):
             chunk = frozenset(unique[start : start + 500])
-            rows = self._query(_in_list("content_hash", chunk), ["id", "content_hash"], QUERY_WINDOW)
+            rows = self._query(in_list("content_hash", chunk), ["id", "content_hash"], QUERY_WINDOW)
             for row in rows:
                 h, i = row["content_hash"], int(row["id"])
                 found[h] = min(i, found.get(h, i))
         return found
 
-    @_milvus_boundary
+    @milvus_boundary
     def search(self, xq, k: int, filters: SearchFilter | None = None, *, model_id: str) -> list[list[Hit]]:
         """Top-k hits per query, best first, with their records; fewer than k when the gallery runs out."""
         self._check_open()
@@ -633,7 +483,7 @@ class MilvusGallery(GalleryBase):
             results.append(hits)
         return results
 
-    @_milvus_boundary
+    @milvus_boundary
     def scan(self, after_id: int, limit: int) -> tuple[np.ndarray, np.ndarray, list[Record]]:
         """Up to ``limit`` items with id > after_id, in id order: (ids, unit vectors, records)."""
         self._check_open()
@@ -651,14 +501,14 @@ class MilvusGallery(GalleryBase):
         xb = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), self.dim)
         return ids, xb, [self._record(r) for r in rows]
 
-    @_milvus_boundary
+    @milvus_boundary
     def calibration(self) -> dict | None:
         """The verdict calibration stored with ``set_calibration`` (a JSON object), or None (read at open)."""
         self._check_open()
         text = self._props.get(PROP + "calibration")
         return None if text is None else json.loads(text)
 
-    @_milvus_boundary
+    @milvus_boundary
     def set_calibration(self, calibration: dict) -> None:
         """Store the verdict calibration (index.calibration) as a collection property."""
         self._check_open()
@@ -673,7 +523,7 @@ class MilvusGallery(GalleryBase):
         rows = self._client.query(self.collection, filter="", output_fields=["count(*)"], timeout=self.timeout)
         return int(rows[0]["count(*)"])
 
-    @_milvus_boundary
+    @milvus_boundary
     def stats(self) -> dict:
         self._check_open()
         self._count = self._count_rows()
@@ -700,7 +550,7 @@ class MilvusGallery(GalleryBase):
 
     # -- closing -------------------------------------------------------------------------------------------
 
-    @_milvus_boundary
+    @milvus_boundary
     def close(self) -> None:
         """Flush (Milvus Lite) and close the connection. Safe to call twice."""
         if self._closed:

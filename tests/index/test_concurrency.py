@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from index import faiss_index
+from index import faiss_index, gallery_snapshots
 from index import gallery as gallery_module
 from index.gallery import Gallery, Record
 from tests.index.vectors import clustered
@@ -57,7 +57,7 @@ def while_held(gallery, inside, release, write):
 def test_a_search_completes_while_a_snapshot_is_being_written(tmp_path, monkeypatch):
     with Gallery.create(tmp_path / "g", model_id=MODEL, dim=DIM) as g:
         g.add(clustered(50, DIM, seed=1), [Record()] * 50, model_id=MODEL)
-        inside, release = hold(monkeypatch, gallery_module, "write_atomic")
+        inside, release = hold(monkeypatch, gallery_snapshots, "write_atomic")
         while_held(g, inside, release, g.snapshot)
 
 
