@@ -30,7 +30,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index import faiss_index
+from index import faiss_index, filters_faiss, growth
 from index.errors import CorruptGallery, GalleryError, GalleryLocked, InvalidVector, MissingLog, ModelMismatch
 from index.gallery_snapshots import (
     DB,
@@ -117,6 +117,8 @@ class Gallery(Snapshots, GalleryBase):
         self._calibration_text: str | None = None  # the parsed calibration() and the text it came from
         self._calibration: dict | None = None
         self._open_seconds = 0.0
+        self._columns = filters_faiss.ColumnIndex()  # the filterable columns, for filters applied inside faiss
+        self._growth: growth.Grower | None = None  # factory "auto": picks and rebuilds the index as it grows
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -221,6 +223,8 @@ class Gallery(Snapshots, GalleryBase):
             dim = int(self._settings["dim"])
             self._kind = faiss_index.parse_factory(self._settings["factory"], dim)
             self._settings["model_id"]  # noqa: B018 (must exist)
+            if self._kind.family == "auto":
+                self._growth = growth.Grower(self, growth.Policy.parse(self._kind.factory))
         except (KeyError, ValueError) as exc:
             raise CorruptGallery(f"gallery settings in {self.path / DB} are incomplete or wrong: {exc}") from exc
         if not self.readonly:
@@ -345,6 +349,8 @@ class Gallery(Snapshots, GalleryBase):
 
     def _maybe_train(self) -> None:
         """Swap the exact stand-in for the factory's index once there are enough vectors to train it."""
+        if self._growth is not None:  # "auto" builds off the write path, on its own thread
+            return self._growth.after_write()
         if self._trained or not self._kind.needs_training or self._count < self._kind.min_train_size:
             return
         with self._store.view() as conn:
@@ -441,13 +447,16 @@ class Gallery(Snapshots, GalleryBase):
         results: list[list[Hit]] = [[] for _ in range(len(xq))]
         with self._rw.read():
             ntotal, holes = self._index.ntotal, len(self._tombstones)
-        # A few extra for removed ids still in the index; the widening below covers any shortfall.
-        fetch = min(ntotal, k * (FILTER_OVERFETCH if active else 1) + min(holes, k))
+        # Filters go inside the faiss search as an id selector (not on GPU indexes, which take none: those
+        # over-fetch). A few extra for removed ids still in the index; the widening below covers any shortfall.
+        selection = None if active is None or self._on_gpu else self._columns.selection(self._store, active)
+        overfetch = FILTER_OVERFETCH if active is not None and selection is None else 1
+        fetch = min(ntotal, k * overfetch + min(holes, k))
         pending = list(range(len(xq)))
         while pending and fetch > 0:
             # GPU indexes are not thread-safe even for searches: those take the exclusive side of the lock.
             with self._rw.write() if self._on_gpu else self._rw.read():
-                D, I = faiss_index.search(self._index, xq[pending], fetch, self.threads)  # noqa: E741, N806 (faiss vocabulary)
+                D, I = self._search_index(xq[pending], fetch, selection)  # noqa: E741, N806 (faiss vocabulary)
                 ntotal = self._index.ntotal
             found = I[I >= 0]  # faiss pads with -1: never a gallery id
             records = self._store.records(np.unique(found).tolist())
@@ -467,6 +476,11 @@ class Gallery(Snapshots, GalleryBase):
                     still.append(qi)
             pending, fetch = still, min(ntotal, fetch * FILTER_OVERFETCH)
         return results
+
+    def _search_index(self, xq: np.ndarray, k: int, selection: filters_faiss.Selection | None):
+        if self._growth is not None:
+            return self._growth.search(self._index, xq, k, selection)
+        return filters_faiss.search(self._index, xq, k, self.threads, self.nprobe, selection)
 
     def stats(self) -> dict:
         self._check_open()
@@ -494,6 +508,7 @@ class Gallery(Snapshots, GalleryBase):
             "ef_search": self.ef_search or faiss_index.DEFAULT_EF_SEARCH,
             "open_seconds": round(self._open_seconds, 4),
             "recovered": list(self._recovered),
+            "index_choice": None if self._growth is None else self._growth.stats(),
         }
 
     # -- calibration ---------------------------------------------------------------------------------------
@@ -524,6 +539,8 @@ class Gallery(Snapshots, GalleryBase):
         if self._closed:
             return
         try:
+            if self._growth is not None:
+                self._growth.close()
             if not self.readonly and self._index is not None and self._dirty:
                 with self._write_mutex:
                     self._compact()

@@ -156,6 +156,7 @@ class Snapshots:
             written_at=now_iso(),
             gallery_id=self._settings[GALLERY_ID],
             covers=covers or "",
+            index_choice=self._growth.manifest_entry() if self._growth is not None else {},
         )
         write_atomic(self.path / MANIFEST, manifest.to_bytes())
         self._dirty = 0
