@@ -152,6 +152,7 @@ def fp16_variant(
     differently; the TensorRT gate covers a GPU path). Kept when its cosine against fp32 on the crops and random
     images meets the fp16 tolerance; its retrieval, on its own and across with fp32, is measured and recorded.
     No speed: fp16 on a CPU is slower than fp32, and this file is for GPUs."""
+    t0 = time.perf_counter()
     fp16_path = convert_fp16(onnx_path, build / FP16_FILE)
     session = ort_session(fp16_path, threads)
     figures = {
@@ -173,6 +174,7 @@ def fp16_variant(
         "min_cosine_required": tol.trt_fp16_min_cosine,
         "fp16": metrics,
         "cross_variant": cross.model_dump(),
+        "seconds": round(time.perf_counter() - t0, 2),
     }
     if not ship:
         fp16_path.unlink()
