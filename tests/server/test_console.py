@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
@@ -28,7 +29,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from server.settings import Settings
-from tests.support import TINY_THRESHOLD, LiveServer
+from tests.support import TINY_THRESHOLD, FakeEmbedder, LiveServer, person_crops, png_bytes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -113,6 +114,48 @@ def console(tiny_artifact, synth_data, tmp_path_factory) -> Iterator[Console]:
         yield Console(url, items, erasable, not_an_image)
 
 
+HOSTILE = '<img src=x onerror="document.title=1">&amp;</dd>'  # a person id a client could add: text, never markup
+SMALL_UPLOAD = 64 * 1024
+
+
+@dataclass
+class Faulty:
+    url: str
+    embedder: FakeEmbedder
+    hostile: Path  # the crop of an item whose person and camera are HOSTILE
+    too_large: Path  # a crop larger than the server's upload limit
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory) -> Iterator[Faulty]:
+    """A server whose embedder can be made to fail, with a small upload limit and an item named by a hostile
+    client."""
+    tmp = tmp_path_factory.mktemp("console-faulty")
+    settings = Settings(
+        gallery_dir=tmp / "gallery",
+        keep_crops=True,
+        admin_keys=ADMIN,
+        max_upload_bytes=SMALL_UPLOAD,
+        _env_file=None,
+    )
+    embedder = FakeEmbedder()
+    hostile = tmp / "hostile.png"
+    hostile.write_bytes(person_crops(1, seed=7)[0])
+    too_large = tmp / "large.png"
+    noise = np.random.default_rng(0).integers(0, 256, (256, 128, 3), dtype=np.uint8)
+    too_large.write_bytes(png_bytes(noise))
+    assert too_large.stat().st_size > SMALL_UPLOAD
+    with LiveServer(settings, embedder=embedder) as url:
+        r = httpx.post(
+            f"{url}/v1/gallery",
+            headers={"X-API-Key": ADMIN},
+            files={"images": ("h.png", hostile.read_bytes(), "image/png")},
+            data={"person_id": HOSTILE, "camera_id": HOSTILE, "metadata": json.dumps({"note": HOSTILE})},
+        )
+        assert r.status_code == 201, r.text
+        yield Faulty(url, embedder, hostile, too_large)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
@@ -139,20 +182,25 @@ def browser() -> Iterator[WebDriver]:
 
 
 @pytest.fixture
-def page(browser: WebDriver, console: Console) -> Iterator[WebDriver]:
-    """A fresh console in a signed-out tab; afterwards, the checks every page must pass."""
+def page(browser: WebDriver) -> Iterator[WebDriver]:
+    """The browser for one test (open_console signs out of the server it opens); afterwards, the checks every page
+    must pass: no request outside the server, no error in the console beyond those the test expects."""
     browser.set_window_size(1280, 800)
-    browser.get(f"{console.url}/console")
-    browser.execute_script("sessionStorage.clear()")
-    browser.get(f"{console.url}/console")
-    browser.get_log("browser")
-    browser.get_log("performance")
     browser.expected_errors = []  # substrings of console errors this test provokes on purpose
     yield browser
-    _assert_stayed_local(browser, console.url)
+    _assert_stayed_local(browser, browser.origin)
     errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     unexpected = [m for m in errors if not any(expected in m for expected in browser.expected_errors)]
     assert not unexpected, unexpected
+
+
+def open_console(driver: WebDriver, origin: str) -> None:
+    driver.origin = origin
+    driver.get(f"{origin}/console")
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(f"{origin}/console")
+    driver.get_log("browser")  # what earlier pages logged is not this test's
+    driver.get_log("performance")
 
 
 def _assert_stayed_local(driver: WebDriver, origin: str) -> None:
@@ -185,18 +233,36 @@ def sign_in(driver: WebDriver, key: str) -> None:
 
 
 def search(driver: WebDriver, crops: list[Path], *, cameras: str = "", top_k: int = 10) -> list[WebElement]:
-    driver.find_element(By.ID, "crops").send_keys("\n".join(str(p) for p in crops))
+    choose(driver, crops)
     for field, value in (("cameras", cameras), ("top-k", str(top_k))):
         element = driver.find_element(By.ID, field)
         element.clear()
         element.send_keys(value)
     old = driver.find_elements(By.CSS_SELECTOR, "[data-results] > *")
-    driver.find_element(By.ID, "search-button").click()
-    wait_for(driver, lambda d: not old or not old[0].is_displayed() or _stale(old[0]), "new results")
-    wait_for(driver, lambda d: d.find_element(By.ID, "results").get_attribute("aria-busy") == "false", "the search")
+    driver.find_element(By.ID, "search-button").click()  # the page hides its last error as the search starts
+
+    def answered(d: WebDriver) -> bool:
+        new = d.find_elements(By.CSS_SELECTOR, "[data-results] > *")
+        return d.find_element(By.ID, "error").is_displayed() or bool(new and (not old or _stale(old[0])))
+
+    wait_for(driver, answered, "new results")
+    error = driver.find_element(By.ID, "error")
+    assert not error.is_displayed(), error.text
     hits = driver.find_elements(By.CSS_SELECTOR, "[data-results] [data-hit]")
     wait_for(driver, lambda d: all(_image_loaded(d, h) for h in hits), "every hit's image")
     return hits
+
+
+def choose(driver: WebDriver, crops: list[Path]) -> None:
+    field = driver.find_element(By.ID, "crops")
+    field.clear()  # chromedriver adds files to a multiple file input: the earlier choice goes first
+    field.send_keys("\n".join(str(p) for p in crops))
+
+
+def submit_expecting_error(driver: WebDriver, crop: Path) -> str:
+    choose(driver, [crop])
+    driver.find_element(By.ID, "search-button").click()
+    return wait_for(driver, lambda d: d.find_element(By.ID, "error").text, "the error")
 
 
 def _stale(element: WebElement) -> bool:
@@ -253,6 +319,7 @@ def test_console_answers_with_a_strict_content_security_policy(console):
 
 
 def test_a_wrong_key_is_refused_in_words(page, console):
+    open_console(page, console.url)
     page.expected_errors = ["401"]
     page.find_element(By.ID, "api-key").send_keys("not-the-key", Keys.ENTER)
     error = wait_for(page, lambda d: d.find_element(By.ID, "error").text, "the error")
@@ -263,6 +330,7 @@ def test_a_wrong_key_is_refused_in_words(page, console):
 
 
 def test_search_with_one_crop_shows_hits_with_images_and_the_verdict(page, console):
+    open_console(page, console.url)
     sign_in(page, READER)
     stats = facts(page.find_element(By.ID, "gallery-stats"))
     assert int(stats["Items"]) == len(console.items) + 1 and stats["Ready"].startswith("yes")
@@ -283,6 +351,7 @@ def test_search_with_one_crop_shows_hits_with_images_and_the_verdict(page, conso
 
 
 def test_camera_filter_and_a_persons_path(page, console):
+    open_console(page, console.url)
     sign_in(page, READER)
     query = console.items[0]
     other = next(i.camera for i in console.items if i.camera != query.camera)
@@ -307,6 +376,7 @@ def test_camera_filter_and_a_persons_path(page, console):
 
 
 def test_search_with_two_crops_of_one_person(page, console):
+    open_console(page, console.url)
     sign_in(page, READER)
     person = console.items[0].person
     first, second = [i for i in console.items if i.person == person and i.camera != console.items[0].camera][:2]
@@ -319,6 +389,7 @@ def test_search_with_two_crops_of_one_person(page, console):
 
 
 def test_an_admin_erases_an_item_after_confirming(page, console):
+    open_console(page, console.url)
     sign_in(page, ADMIN)
     target = console.erasable
     hits = search(page, [target.path], top_k=3)
@@ -344,6 +415,7 @@ def test_an_admin_erases_an_item_after_confirming(page, console):
 
 
 def test_a_read_key_cannot_erase_and_is_told_why(page, console):
+    open_console(page, console.url)
     page.expected_errors = ["403"]
     sign_in(page, READER)
     query = console.items[-1]
@@ -358,15 +430,15 @@ def test_a_read_key_cannot_erase_and_is_told_why(page, console):
 
 
 def test_a_file_that_is_not_an_image_is_refused_in_words(page, console):
+    open_console(page, console.url)
     page.expected_errors = ["415"]
     sign_in(page, READER)
-    page.find_element(By.ID, "crops").send_keys(str(console.not_an_image))
-    page.find_element(By.ID, "search-button").click()
-    error = wait_for(page, lambda d: d.find_element(By.ID, "error").text, "the error")
+    error = submit_expecting_error(page, console.not_an_image)
     assert "not an image the server can read" in error and "JPEG, PNG or WEBP" in error
 
 
 def test_every_control_is_labelled_and_the_page_fits_a_phone(page, console):
+    open_console(page, console.url)
     sign_in(page, READER)
     search(page, [console.items[0].path])
     unlabelled = page.execute_script(
@@ -384,9 +456,56 @@ def test_every_control_is_labelled_and_the_page_fits_a_phone(page, console):
 
 
 def test_a_saved_key_survives_a_reload_and_sign_out_forgets_it(page, console):
+    open_console(page, console.url)
     sign_in(page, READER)
     page.refresh()
     wait_for(page, lambda d: d.find_element(By.ID, "workspace").is_displayed(), "the workspace after a reload")
     page.find_element(By.ID, "sign-out").click()
     assert page.find_element(By.ID, "login").is_displayed()
     assert page.execute_script("return sessionStorage.length") == 0
+
+
+def test_a_time_window_keeps_only_what_was_seen_in_it(page, console):
+    open_console(page, console.url)
+    sign_in(page, READER)
+    query = console.items[0]
+    times = sorted(i.captured_at for i in console.items)
+    start, end = times[len(times) // 4], times[3 * len(times) // 4]
+    for field, seconds in (("time-from", start), ("time-to", end)):
+        page.execute_script(
+            """const d = new Date(arguments[1] * 1000), p = (n) => String(n).padStart(2, '0');
+               arguments[0].value = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T` +
+                                    `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;""",
+            page.find_element(By.ID, field),
+            seconds,
+        )
+    hits = search(page, [query.path], top_k=50)
+    by_id = {i.id: i for i in console.items}
+    assert hits and all(start <= by_id[i].captured_at <= end for i in hit_ids(hits))
+    assert len(hits) == sum(start <= i.captured_at <= end for i in console.items)
+
+
+def test_values_from_clients_are_shown_as_text(page, faulty):
+    open_console(page, faulty.url)
+    sign_in(page, ADMIN)
+    hits = search(page, [faulty.hostile])
+    shown = facts(hits[0])
+    assert shown["Person"] == HOSTILE and shown["Camera"] == HOSTILE
+    assert page.title.startswith("Person search")  # the onerror never ran
+    assert not page.find_elements(By.CSS_SELECTOR, "[onerror]")
+    assert len(hits[0].find_elements(By.TAG_NAME, "img")) == 1  # its thumbnail, nothing injected
+
+
+def test_a_busy_service_and_a_large_upload_are_explained(page, faulty):
+    page.expected_errors = ["503", "413"]
+    open_console(page, faulty.url)
+    sign_in(page, ADMIN)
+    faulty.embedder.fault = "unavailable"
+    try:
+        error = submit_expecting_error(page, faulty.hostile)
+    finally:
+        faulty.embedder.fault = None
+    assert "not ready or is busy right now. Try again in 1 second." in error
+    error = submit_expecting_error(page, faulty.too_large)
+    assert f"the server accepts at most {SMALL_UPLOAD // 1024} KB in one request" in error
+    assert search(page, [faulty.hostile])  # and the page still works

@@ -109,7 +109,8 @@
   // Words an operator can act on, for each way a request can fail.
   function describe(err, action) {
     if (!(err instanceof ApiError)) return `${action} failed in this page: ${err.message}`;
-    const mb = (LIMITS.maxUploadBytes / (1024 * 1024)).toFixed(1);
+    const limit = LIMITS.maxUploadBytes;
+    const size = limit >= 1024 * 1024 ? `${(limit / (1024 * 1024)).toFixed(1)} MB` : `${Math.round(limit / 1024)} KB`;
     const wait = err.retryAfter ? `Try again in ${err.retryAfter} second${err.retryAfter === "1" ? "" : "s"}.` : "Try again shortly.";
     const said = err.serverMessage ? ` The server said: ${err.serverMessage}.` : "";
     const words = {
@@ -119,7 +120,7 @@
       403: "This API key may search and read, but not change the gallery: erasing needs an admin key.",
       404: `Not found: it may have been erased already.${said}`,
       408: "The upload took too long to arrive. Check the connection and try again.",
-      413: `The upload is too large: the server accepts at most ${mb} MB in one request. Use smaller crops or fewer at once.`,
+      413: `The upload is too large: the server accepts at most ${size} in one request. Use smaller crops or fewer at once.`,
       415: "One of the files is not an image the server can read. Use JPEG, PNG or WEBP crops.",
       422: `The server refused the request.${said}`,
       429: `Too many requests from this address at once. ${wait}`,
@@ -314,10 +315,6 @@
       return;
     }
     const total = files.reduce((n, f) => n + f.size, 0);
-    if (LIMITS.maxUploadBytes && Math.max(...files.map((f) => f.size)) > LIMITS.maxUploadBytes) {
-      showError(describe(new ApiError(413), "Searching"));
-      return;
-    }
     const topK = Math.min(Math.max(1, Number($("top-k").value) || 10), LIMITS.maxTopK);
     const results = $("results");
     const button = $("search-button");
