@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from export.artifact import REPORT_FILE
 from export.import_detector import DetectorOptions, import_detector
 from export.parity import GateError
 from formats.detections import UndecodableOutput
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except GateError as exc:
         print(f"export.import_detector: {exc}\n{json.dumps(exc.report, indent=2)}", file=sys.stderr)
         return 1
-    report = json.loads((out / "export_report.json").read_text())
+    report = json.loads((out / REPORT_FILE).read_text())
     print(f"detector artifact {out} ({report['detector_id']}); parity: {json.dumps(report['parity'])}")
     return 0
 
