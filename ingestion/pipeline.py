@@ -8,8 +8,9 @@ Every write into a gallery goes through ``WritePipeline``: the HTTP add route, f
 2. hash: the sha256 of the bytes is the record's ``content_hash``;
 3. screen: an item whose bytes the gallery holds is a duplicate of that item (its crop is still kept where it is
    missing); of several items of one batch with the same bytes the first goes on and the others share its fate;
-4. decode: formats.images (the typed ``ImageError``s) within ``limits`` (default ImageLimits()), resized to the embedder's input;
-5. embed: the decoded items through the ``Embedder``, in slices of the spec's ``max_batch_size``;
+4. decode: formats.images (the typed ``ImageError``s) within ``limits`` (default ``ImageLimits()``), resized to
+   the embedder's input;
+5. embed: the decoded items through the ``Embedder``, in slices of the spec's ``max_batch_size`` sent together;
 6. keep crops: with a ``CropStore``, every item's bytes before its add, so an item never exists without its crop
    (``CropStoreFull`` is raised with none of the batch added);
 7. store: ``Gallery.add_new``, the one place that decides, under the gallery's write lock, whether bytes are new
@@ -118,15 +119,21 @@ class _Batch:
     pixels: dict[int, np.ndarray] = field(default_factory=dict)  # decoded leaders not held by the gallery
 
 
+async def _ready(value: T) -> T:
+    return value
+
+
 async def _to_thread(fn: Callable[[], T]) -> T:
     return await asyncio.to_thread(fn)
 
 
-def _load(item: Item) -> bytes | ItemError:
-    if isinstance(item.data, bytes | bytearray | memoryview):
-        return bytes(item.data)
+def _hashed(data: bytes) -> tuple[bytes, str]:
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _load(read: Callable[[], bytes]) -> tuple[bytes, str] | ItemError:
     try:
-        return item.data()
+        return _hashed(read())
     except OSError as exc:
         return ItemError("unreadable", str(exc) if isinstance(exc, PermissionError) else exc.strerror or str(exc))
 
@@ -192,10 +199,16 @@ class WritePipeline:
 
     async def _prepare(self, items: Sequence[Item]) -> _Batch:
         """Load, hash, screen and decode (no model, no write)."""
-        loaded = await asyncio.gather(*(self._run_blocking(lambda it=it: _load(it)) for it in items))
-        data = [None if isinstance(d, ItemError) else d for d in loaded]
+        # Bytes in hand are hashed here (a crop hashes in microseconds); a loader reads and hashes in a thread.
+        loaded = await asyncio.gather(
+            *(
+                self._run_blocking(lambda read=it.data: _load(read)) if callable(it.data) else _ready(_hashed(it.data))
+                for it in items
+            )
+        )
+        data = [None if isinstance(d, ItemError) else d[0] for d in loaded]
+        hashes = [None if isinstance(d, ItemError) else d[1] for d in loaded]
         errors: list = [d if isinstance(d, ItemError) else None for d in loaded]
-        hashes = [None if d is None else hashlib.sha256(d).hexdigest() for d in data]
         first_of: dict[str, int] = {}
         leader = [i if h is None else first_of.setdefault(h, i) for i, h in enumerate(hashes)]
         batch = _Batch(items, data, hashes, errors, leader)
