@@ -1,5 +1,6 @@
-"""ExportConfig and ImportConfig: how a checkpoint, or a network trained elsewhere, becomes a serving artifact
-(the CLI translates its flags into these), and the gates' pass marks."""
+"""What the caller declares, as typed data (export.cli translates flags into it): ExportConfig (a checkpoint),
+ImportConfig and Preprocessing (a network trained elsewhere and its input convention), GateTolerances (the gates'
+pass marks), and ModelImportError for a declaration that cannot be served."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ PARITY_BATCHES = (1, 7, 16)
 
 @dataclass(frozen=True)
 class GateTolerances:
-    """Pass marks of the parity gates: how close ONNX Runtime must come to the PyTorch eval path."""
+    """Pass marks of the gates: how close ONNX Runtime must come to the reference (the PyTorch eval path, or an
+    imported network itself), and how far each variant may move from the fp32 model."""
 
     max_abs_diff: float = 1e-4  # ONNX Runtime fp32 vs PyTorch eval, per embedding element
     min_cosine: float = 0.99999
