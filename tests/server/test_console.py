@@ -410,6 +410,7 @@ def test_an_admin_erases_an_item_after_confirming(page, console):
         assert f"Erased item {target.id} (person erase-me, camera 9)" in receipt[0].text
         assert "reference" in receipt[0].text
         assert not page.find_elements(By.CSS_SELECTOR, f"[data-hit='{target.id}']")
+        assert not page.find_elements(By.CSS_SELECTOR, f"[data-track='{target.track}']")  # its track had only it
         assert client.get(f"/v1/gallery/{target.id}").status_code == 404
     wait_for(page, lambda d: facts(d.find_element(By.ID, "gallery-stats"))["Items"] == str(len(console.items)), "count")
 

@@ -189,10 +189,13 @@
     try {
       await api("/v1/gallery");
     } catch (err) {
-      state.key = null;
-      fail(err, "Signing in");
-      input.focus();
-      return;
+      // 503: the key passed (keys are checked first) but the service is not ready; the gallery panel says why.
+      if (!(err instanceof ApiError && err.status === 503)) {
+        state.key = null;
+        fail(err, "Signing in");
+        input.focus();
+        return;
+      }
     }
     input.value = "";
     sessionStorage.setItem(KEY_STORAGE, state.key);
@@ -226,24 +229,26 @@
 
   async function refreshGallery() {
     const dl = $("gallery-stats");
-    let stats;
+    let stats = null;
     let readiness;
-    try {
-      stats = await (await api("/v1/gallery")).json();
-    } catch (err) {
-      fail(err, "Reading the gallery");
-      return;
-    }
     try {
       readiness = await (await api("/readyz", { auth: false })).json();
     } catch (err) {
       readiness = { status: err.serverMessage || "not ready" };
     }
+    try {
+      stats = await (await api("/v1/gallery")).json();
+    } catch (err) {
+      fail(err, "Reading the gallery");
+      if (err instanceof ApiError && err.status === 401) return;
+    }
     dl.replaceChildren();
-    fact(dl, "Items", stats.count);
-    fact(dl, "Model", stats.model_id);
-    fact(dl, "Embedding size", stats.dim);
-    fact(dl, "Index", stats.index_type);
+    if (stats) {
+      fact(dl, "Items", stats.count);
+      fact(dl, "Model", stats.model_id);
+      fact(dl, "Embedding size", stats.dim);
+      fact(dl, "Index", stats.index_type);
+    }
     fact(dl, "Ready", readiness.status === "ready" ? `yes (${readiness.backend})` : `no: ${readiness.status}`);
   }
 
@@ -484,6 +489,7 @@
   }
 
   async function confirmErase() {
+    if (!state.pendingErase) return;
     const { hit } = state.pendingErase;
     closeErase();
     setStatus(`Erasing item ${hit.id}…`);
@@ -499,6 +505,9 @@
       return;
     }
     for (const card of document.querySelectorAll(`[data-hit="${CSS.escape(String(hit.id))}"], [data-step="${CSS.escape(String(hit.id))}"]`)) card.remove();
+    for (const group of document.querySelectorAll("[data-results] [data-track]")) {
+      if (!group.querySelector("[data-hit]")) group.remove();
+    }
     state.hits = state.hits.filter((h) => h.id !== hit.id);
     const when = formatTime(Date.now() / 1000);
     const text = `Erased item ${receipt.id} (person ${hit.person_id || "not named"}, camera ${hit.camera_id || "unknown"}) at ${when}: the server confirmed the deletion${requestId ? ` (reference ${requestId})` : ""}.`;
