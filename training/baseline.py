@@ -10,7 +10,6 @@ synthetic data this must stay low, or the data could be solved by colour alone.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,25 +89,16 @@ def evaluate_histogram(
     return {"rank1": rank(1), "rank5": rank(5), "rank10": rank(10), "mAP": mean_ap, "mINP": minp}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.baseline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", type=Path, help="data root (Market-1501 layout or MSMT17 list files)")
-    parser.add_argument("--dataset", default="auto", help="market1501 | duke | msmt17 | auto (the folder itself)")
-    parser.add_argument("--space", choices=["rgb", "hsv"], default="rgb")
-    parser.add_argument("--bins", type=int, nargs=3, default=[4, 4, 4], metavar=("C1", "C2", "C3"))
-    parser.add_argument("--stripes", type=int, default=6)
-    parser.add_argument("--centre", type=float, default=0.08, help="centre weighting sigma in widths (0: flat)")
-    parser.add_argument("--metric", choices=["hellinger", "chi2"], default="hellinger")
-    args = parser.parse_args(argv)
-    cfg = HistogramConfig(
-        space=args.space, bins=tuple(args.bins), stripes=args.stripes, metric=args.metric, centre=args.centre
-    )
-    m = evaluate_histogram(args.data, cfg, args.dataset)
-    print(  # noqa: T201
-        f"colour histogram ({cfg.space.upper()} {'x'.join(map(str, cfg.bins))}, {cfg.stripes} stripes, centre {cfg.centre:g}, {cfg.metric}) on {args.data}: "
-        f"rank-1 {m['rank1']:.1%}  rank-5 {m['rank5']:.1%}  rank-10 {m['rank10']:.1%}  mAP {m['mAP']:.1%}  mINP {m['mINP']:.1%}"
+def format_baseline(m: dict[str, float], cfg: HistogramConfig, data_root: str | Path) -> str:
+    """One line: the histogram's settings and its scores."""
+    setting = f"{cfg.space.upper()} {'x'.join(map(str, cfg.bins))}, {cfg.stripes} stripes, centre {cfg.centre:g}, {cfg.metric}"
+    return (
+        f"colour histogram ({setting}) on {data_root}: rank-1 {m['rank1']:.1%}  rank-5 {m['rank5']:.1%}  "
+        f"rank-10 {m['rank10']:.1%}  mAP {m['mAP']:.1%}  mINP {m['mINP']:.1%}"
     )
 
 
 if __name__ == "__main__":
-    main()
+    from training.cli import baseline_main
+
+    baseline_main()

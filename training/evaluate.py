@@ -16,7 +16,6 @@ raises rank-1 and mAP. On a gallery without person 0 the two agree.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,8 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from index.calibration import FARS, calibration, dir_far_curve, split_scores
-from training.checkpoint import load_checkpoint, update_meta
-from training.data import ImageDataset, ReIDDataset, eval_transform, read_dataset
+from training.data import ImageDataset, ReIDDataset, eval_transform
 
 PROTOCOLS = ("standard", "apnet")
 OPEN_SET_FOLDS = 5  # each fold of identities absent once: the gallery holds 4/5 of them, as a typical deployment
@@ -379,72 +377,22 @@ def format_protocols(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate an APNet checkpoint with the Market-1501 protocol.")
-    parser.add_argument("checkpoint", help="checkpoint folder (model.pt + meta.json)")
-    parser.add_argument("--data", required=True, help="data root (Market-1501 layout or MSMT17 list files)")
-    parser.add_argument("--dataset", default="auto", help="market1501 | duke | msmt17 | auto (a sub-folder of --data)")
-    parser.add_argument("--metric", default="cosine", choices=("cosine", "euclidean"))
-    parser.add_argument(
-        "--protocol",
-        default="standard",
-        choices=PROTOCOLS,
-        help="the gallery of the threshold and of --write-meta's metrics: standard keeps the distractors (person 0), "
-        "apnet drops them as the APNet authors' Market-1501 reader does; both are printed",
-    )
-    parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
-    parser.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
-    parser.add_argument("--fpr", type=float, default=1e-3, help="false-positive rate of the match threshold")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--write-meta", action="store_true", help="store the metrics, threshold and calibration in meta.json"
-    )
-    parser.add_argument("--curve", help="DIR-vs-FAR curve PNG (default: CHECKPOINT/dir_far.png)")
-    args = parser.parse_args(argv)
-
-    model, meta = load_checkpoint(args.checkpoint, map_location=args.device)
-    data = read_dataset(args.data, args.dataset)
-    print(data.summary())
-    result = evaluate_model(
-        model,
-        data,
-        meta["data"]["height"],
-        meta["data"]["width"],
-        device=args.device,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        flip=not args.no_flip,
-        metric=args.metric,
-        rerank=args.rerank,
-        threshold_fpr=args.fpr,
-        protocol=args.protocol,
-    )
-    print(format_protocols(result))
+def format_report(result: EvalResult) -> str:
+    """Every protocol's metrics, the ROC thresholds, the open-set summary and each calibrated operating point."""
+    lines = [format_protocols(result)]
     for target, row in result.roc.items():
-        print(f"FPR {target}: TPR {row['tpr']:.4f} at cosine similarity >= {row['score']:.4f}")
-    print(format_open_set(result))
+        lines.append(f"FPR {target}: TPR {row['tpr']:.4f} at cosine similarity >= {row['score']:.4f}")
+    lines.append(format_open_set(result))
     for p in (result.calibration or {}).get("operating_points", []):
         caveat = "" if p["reliable"] else f" (only {p['absent_identities']} absent identities: a rough estimate)"
-        print(
+        lines.append(
             f"FAR {p['target_far']:g}: DIR {p['dir']:.4f} at identity score >= {p['threshold']:.4f}, "
             f"measured FAR {p['far']:.4f}{caveat}"
         )
-    if result.dir_far is not None:
-        curve = plot_dir_far(result, args.curve or Path(args.checkpoint) / "dir_far.png")
-        print(f"DIR-vs-FAR curve: {curve}")
-    if args.write_meta:
-        update_meta(
-            args.checkpoint,
-            metrics=result.metrics,
-            threshold=result.threshold,
-            protocol=result.protocol,
-            metrics_by_protocol=result.by_protocol,
-            calibration=result.calibration,
-        )
-        print(f"metrics, threshold and calibration written to {Path(args.checkpoint) / 'meta.json'}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    from training.cli import evaluate_main
+
+    evaluate_main()

@@ -11,9 +11,9 @@ over all ranks' features (training.losses), so the batch is the single-process o
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import json
+import logging
 import os
 import random
 import sys
@@ -30,8 +30,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from training.batches import BatchAugment, CachedBatches, cache_bytes, decode_all
 from training.checkpoint import code_version, data_meta, save_checkpoint
-from training.config import TrainConfig, load_config
+from training.config import TrainConfig
 from training.data import ImageDataset, PKBatchSampler, ReIDDataset, read_dataset, train_transform
 from training.evaluate import EvalResult, evaluate_model, format_open_set, format_protocols, protocol_gallery
 from training.losses import ReIDLoss
@@ -45,8 +46,9 @@ from training.resume import (
     set_rng_state,
 )
 
-__all__ = ["LOG_FILE", "STATE_FILE", "lr_at", "main", "train"]
+__all__ = ["LOG_FILE", "STATE_FILE", "lr_at", "train"]
 LOG_FILE = "metrics.jsonl"
+logger = logging.getLogger(__name__)  # progress and results; the command line shows them (training.cli)
 
 
 def lr_at(
@@ -145,7 +147,10 @@ def build_trainee(cfg: TrainConfig, num_classes: int, rt: Runtime) -> Trainee:
         num_classes, model.feature_dim, cfg.label_smoothing, cfg.triplet_margin, cfg.center_loss_weight
     ).to(rt.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # On a CPU the fused Adam is one pass over the weights instead of a dozen (50 ms a step instead of 170 ms for
+    # the demo's ResNet-18, measured); GPUs keep torch's default.
+    fused = True if rt.device.type == "cpu" else None
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     center_optimizer = None
     if loss_fn.center is not None:
         center_optimizer = torch.optim.SGD(loss_fn.center.parameters(), lr=cfg.center_lr)
@@ -168,16 +173,29 @@ def distribute(model: APNet, rt: Runtime) -> nn.Module:
 @dataclass
 class TrainData:
     sampler: PKBatchSampler
-    loader: DataLoader
-    generator: torch.Generator  # seeds each epoch's loader workers; saved with the other generators
+    loader: DataLoader | CachedBatches
+    # Draws the cached path's augmentations, or seeds each epoch's loader workers; saved with the other generators.
+    generator: torch.Generator
     iters: int  # batches per epoch
+
+    @property
+    def cached(self) -> bool:
+        return isinstance(self.loader, CachedBatches)
 
 
 def build_train_data(cfg: TrainConfig, data: ReIDDataset, rt: Runtime) -> TrainData:
+    """Batches of the training set: from memory when it fits in cfg.cache_mb (training.batches), else a loader."""
     p = cfg.ids_per_batch // rt.world_size
     sampler = PKBatchSampler([s.pid for s in data.train], p, cfg.images_per_id, cfg.seed, rt.rank, rt.world_size)
-    transform = train_transform(cfg.height, cfg.width, cfg.flip_prob, cfg.pad, cfg.erase_prob, tuple(cfg.erase_value))
     generator = torch.Generator().manual_seed(cfg.seed + rt.rank)
+    iters = len(sampler) if cfg.iters_per_epoch <= 0 else min(len(sampler), cfg.iters_per_epoch)
+    if cache_bytes(len(data.train), cfg.height, cfg.width) <= cfg.cache_mb * 2**20:
+        images = decode_all(data.train, cfg.height, cfg.width)
+        augment = BatchAugment(cfg.flip_prob, cfg.pad, cfg.erase_prob, cfg.erase_value)
+        return TrainData(
+            sampler, CachedBatches(images, data.train, sampler, augment, generator, rt.device), generator, iters
+        )
+    transform = train_transform(cfg.height, cfg.width, cfg.flip_prob, cfg.pad, cfg.erase_prob, tuple(cfg.erase_value))
     loader = DataLoader(
         ImageDataset(data.train, cfg.height, cfg.width, transform),
         batch_sampler=sampler,
@@ -188,7 +206,6 @@ def build_train_data(cfg: TrainConfig, data: ReIDDataset, rt: Runtime) -> TrainD
         persistent_workers=False,
         generator=generator,
     )
-    iters = len(sampler) if cfg.iters_per_epoch <= 0 else min(len(sampler), cfg.iters_per_epoch)
     return TrainData(sampler, loader, generator, iters)
 
 
@@ -263,10 +280,10 @@ def resume(cfg: TrainConfig, t: Trainee, td: TrainData, rt: Runtime) -> int:
     if len(rngs) == rt.world_size:
         set_rng_state(rngs[rt.rank], td.generator)
     elif rt.main:
-        print(f"{path} holds no generator states for {rt.world_size} processes: they stay freshly seeded")
+        logger.warning("%s holds no generator states for %d processes: they stay freshly seeded", path, rt.world_size)
     td.sampler.seed = sampler.get("seed", td.sampler.seed)
     if rt.main:
-        print(f"resumed from {path} after epoch {state['epoch']}")
+        logger.info("resumed from %s after epoch %d", path, state["epoch"])
     return state["epoch"]
 
 
@@ -300,10 +317,10 @@ def evaluate(cfg: TrainConfig, model: APNet, data: ReIDDataset, rt: Runtime) -> 
 
 def evaluate_and_log(cfg: TrainConfig, model: APNet, data: ReIDDataset, rt: Runtime, log: MetricsLog, epoch: int):
     result = evaluate(cfg, model, data, rt)
-    print(f"epoch {epoch}, threshold {result.threshold['score']:.4f} (protocol {result.protocol}):")
-    print(format_protocols(result))
+    logger.info("epoch %d, threshold %.4f (protocol %s):", epoch, result.threshold["score"], result.protocol)
+    logger.info(format_protocols(result))
     if result.calibration:
-        print(format_open_set(result))
+        logger.info(format_open_set(result))
     log.write(
         {
             "epoch": epoch,
@@ -330,7 +347,7 @@ def write_checkpoint(cfg: TrainConfig, model: APNet, data: ReIDDataset, result: 
         "code_version": code_version(),
     }
     save_checkpoint(out_dir, model, meta)
-    print(f"checkpoint written to {out_dir}")
+    logger.info("checkpoint written to %s", out_dir)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -341,7 +358,7 @@ def train(cfg: TrainConfig) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
     data = read_dataset(cfg.data_root, cfg.dataset, msmt_train_val=cfg.msmt_train_val)
     if rt.main:
-        print(data.summary())
+        logger.info(data.summary())
     t = build_trainee(cfg, data.num_train_pids, rt)
     td = build_train_data(cfg, data, rt)
     start_epoch = resume(cfg, t, td, rt)
@@ -362,7 +379,10 @@ def train(cfg: TrainConfig) -> Path:
         images_per_s = stats["iters"] * cfg.ids_per_batch * cfg.images_per_id / seconds
         log.write({"epoch": epoch + 1, "lr": lr, **stats, "seconds": round(seconds, 2), "images_per_s": images_per_s})
         if rt.main:
-            print(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e} loss {stats['loss']:.4f} acc {stats['acc']:.3f}")
+            logger.info(
+                "epoch %d/%d lr %.2e loss %.4f acc %.3f (%.1f s, %.0f images/s)",
+                *(epoch + 1, cfg.epochs, lr, stats["loss"], stats["acc"], seconds, images_per_s),
+            )
         if cfg.save_every > 0 and (epoch + 1) % cfg.save_every == 0:
             checkpoint_state(out_dir / STATE_FILE, t, td, rt, epoch + 1)
         if rt.main and cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
@@ -380,13 +400,7 @@ def train(cfg: TrainConfig) -> Path:
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train APNet (person re-identification).")
-    parser.add_argument("--config", help="YAML file of TrainConfig keys (training/config.py)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data_root=data/synth epochs=10")
-    args = parser.parse_args(argv)
-    train(load_config(args.config, args.overrides))
-
-
 if __name__ == "__main__":
-    main()
+    from training.cli import train_main
+
+    train_main()

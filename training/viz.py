@@ -14,7 +14,6 @@ first) after layer3 and after layer4, then the match. Grad-CAM comes from the py
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,17 +202,7 @@ def visualise(
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Ranked lists and Grad-CAM attention maps of an APNet checkpoint.")
-    parser.add_argument("checkpoint")
-    parser.add_argument("--data", required=True, help="data root in the Market-1501 layout")
-    parser.add_argument("--out", default="runs/viz")
-    parser.add_argument("--num", type=int, default=6, help="queries: half right at rank 1, half wrong")
-    parser.add_argument("--top", type=int, default=10, help="gallery crops per ranked list")
-    args = parser.parse_args(argv)
-    for path in visualise(args.checkpoint, args.data, args.out, args.num, args.top):
-        print(f"wrote {path}")
-
-
 if __name__ == "__main__":
-    main()
+    from training.cli import viz_main
+
+    viz_main()

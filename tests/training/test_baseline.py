@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from training.baseline import HistogramConfig, distances, evaluate_histogram, histogram, main
+from training.baseline import HistogramConfig, distances, evaluate_histogram, histogram
+from training.cli import baseline_main
 from training.synth import generate
 
 
@@ -76,7 +77,7 @@ def test_runs_on_synthetic_data(synth_data: Path, capsys: pytest.CaptureFixture[
     assert set(metrics) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert metrics["rank1"] <= metrics["rank5"] <= metrics["rank10"]
-    main([str(synth_data), "--space", "hsv", "--bins", "8", "4", "4"])
+    baseline_main([str(synth_data), "--space", "hsv", "--bins", "8", "4", "4"])
     assert "mAP" in capsys.readouterr().out
 
 

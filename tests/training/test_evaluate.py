@@ -9,13 +9,13 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from training.checkpoint import data_meta, save_checkpoint
+from training.cli import evaluate_main
 from training.data import ImageDataset, eval_transform, read_dataset
 from training.evaluate import (
     evaluate_features,
     evaluate_protocols,
     evaluate_rank,
     extract_features,
-    main,
     pairwise_distance,
     re_rank,
     roc_summary,
@@ -150,7 +150,7 @@ def test_cli_prints_metrics_and_writes_the_threshold(tiny_market, tmp_path, caps
     torch.manual_seed(0)
     model = APNet(APNetConfig(backbone="resnet18", level=2, num_classes=6))
     save_checkpoint(tmp_path / "ckpt", model, {"data": data_meta(64, 32)})
-    main([str(tmp_path / "ckpt"), "--data", str(tiny_market), "--write-meta", "--rerank", "--fpr", "0.01"])
+    evaluate_main([str(tmp_path / "ckpt"), "--data", str(tiny_market), "--write-meta", "--rerank", "--fpr", "0.01"])
     out = capsys.readouterr().out
     assert "rank1" in out and "mAP" in out and "mINP" in out and "FPR 0.01" in out
     # Both protocols are printed, the chosen one starred: the tiny gallery's one distractor is dropped by apnet.
@@ -160,13 +160,13 @@ def test_cli_prints_metrics_and_writes_the_threshold(tiny_market, tmp_path, caps
     assert meta["threshold"]["fpr"] == 0.01 and -1.0 <= meta["threshold"]["score"] <= 1.0
     assert meta["protocol"] == "standard" and set(meta["metrics_by_protocol"]) == {"standard", "apnet"}
 
-    main([str(tmp_path / "ckpt"), "--data", str(tiny_market), "--write-meta", "--protocol", "apnet"])
+    evaluate_main([str(tmp_path / "ckpt"), "--data", str(tiny_market), "--write-meta", "--protocol", "apnet"])
     assert "apnet*" in capsys.readouterr().out
     meta = json.loads((tmp_path / "ckpt" / "meta.json").read_text())
     assert meta["protocol"] == "apnet"
     assert meta["metrics"] == {k: v for k, v in meta["metrics_by_protocol"]["apnet"].items() if k != "gallery"}
     with pytest.raises(SystemExit):
-        main([str(tmp_path / "ckpt"), "--data", str(tiny_market), "--protocol", "official"])
+        evaluate_main([str(tmp_path / "ckpt"), "--data", str(tiny_market), "--protocol", "official"])
 
 
 def _with_distractors():

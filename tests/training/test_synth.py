@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from formats.images import load_image
-from training.synth import SPLITS, generate, main
+from training.cli import synth_main
+from training.synth import SPLITS, generate
 
 NAME = re.compile(r"^(\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 
@@ -104,6 +105,6 @@ def test_rejects_impossible_settings(tmp_path: Path, kwargs: dict):
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    main([str(tmp_path / "cli"), "--ids", "4", "--cams", "2", "--seed", "3", "--height", "64", "--width", "32"])
+    synth_main([str(tmp_path / "cli"), "--ids", "4", "--cams", "2", "--seed", "3", "--height", "64", "--width", "32"])
     assert "query" in capsys.readouterr().out
     assert _ids(tmp_path / "cli" / "query")

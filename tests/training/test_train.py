@@ -13,8 +13,9 @@ import torch
 import yaml
 
 from training.checkpoint import load_checkpoint
+from training.cli import train_main
 from training.config import load_config
-from training.train import STATE_FILE, main, train
+from training.train import STATE_FILE, train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["backbone=resnet18", "level=2", "pretrained=none", "height=64", "width=32", "ids_per_batch=3",
@@ -52,7 +53,7 @@ def test_train_writes_a_checkpoint_with_meta_log_and_resumes(tiny_market, tmp_pa
 
     # Resume: only the third epoch runs, starting from the saved weights and optimiser state.
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    main(["--config", str(_yaml(tmp_path, cfg)), "epochs=3", "resume=auto"])
+    train_main(["--config", str(_yaml(tmp_path, cfg)), "epochs=3", "resume=auto"])
     log = _log(out)
     assert [r["epoch"] for r in log] == [1, 2, 2, 3, 3]
     resumed, meta = load_checkpoint(out)
@@ -108,12 +109,19 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 1])
-def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(tiny_market, tmp_path, monkeypatch, workers):
-    # Random erasing, flips and crops draw from torch's generator (workers=0) or from loader workers seeded per
-    # epoch (workers=1); an evaluation between epochs must not shift either stream.
+@pytest.mark.parametrize(("workers", "cache_mb"), [(0, 0), (1, 0), (0, 64)])
+def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(
+    tiny_market, tmp_path, monkeypatch, workers, cache_mb
+):
+    # Random erasing, flips and crops draw from torch's generator (the loader, workers=0), from loader workers
+    # seeded per epoch (workers=1), or from the saved loader generator (the in-memory path, cache_mb > 0); an
+    # evaluation between epochs must not shift any of these streams.
     base = [*TINY, f"data_root={tiny_market}", "iters_per_epoch=2", f"num_workers={workers}", "save_every=0"]
-    base.append(f"eval_every={1 - workers}")  # evaluation spawns workers too: once is enough
+    base += [
+        f"eval_every={1 - workers}",
+        f"cache_mb={cache_mb}",
+        "erase_prob=0.5",
+    ]  # workers: evaluation spawns them too
     whole = train(load_config(None, [*base, f"out_dir={tmp_path / 'whole'}", "epochs=3"]))
     cut, blind = tmp_path / "cut", tmp_path / "blind"
     train(load_config(None, [*base, f"out_dir={cut}", "epochs=2"]))

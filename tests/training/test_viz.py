@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from training.checkpoint import data_meta, save_checkpoint
+from training.cli import viz_main
 from training.model import APNet, APNetConfig
 from training.viz import grad_cam, pick, pyramid_layers, rank
-from training.viz import main as viz_main
 
 
 def test_pyramid_layers_are_every_attention_block_finest_first():
