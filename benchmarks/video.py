@@ -176,6 +176,7 @@ async def held_out_search(artifact: Path, gallery_dir: Path, frames, boxes, trac
                         "track": tid,
                         "frame": index,
                         "rank": ranked.index(tid) + 1 if tid in ranked else None,
+                        "first": ranked[0] if ranked else None,  # vtest's people come back: often them again
                         "in_span": min(spans[tid]) - 1 / fps <= t <= max(spans[tid]) + 1 / fps,
                     }
                 )
