@@ -36,6 +36,8 @@ from ingestion.video.crops import Candidate, CropSettings, TrackCrops, candidate
 from ingestion.video.frames import Frame, FrameReader, VideoError
 from ingestion.video.tracking import PeopleTracker, TrackerSettings, track_id, track_key
 
+MAX_LISTED_TRACKS = 10_000  # track ids the summary lists (``tracks`` counts them all)
+
 __all__ = ["VideoError", "VideoOptions", "VideoSummary", "index_video", "CropSettings", "TrackerSettings"]
 
 
@@ -71,7 +73,7 @@ class VideoSummary:
     error: str | None = None  # why reading stopped early, if it did
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (they overlap in time)
-    track_ids: list[str] = field(default_factory=list)
+    track_ids: list[str] = field(default_factory=list)  # the first MAX_LISTED_TRACKS stored
 
     @property
     def fps(self) -> float:
@@ -172,7 +174,8 @@ class _Analysis:
                 continue
             self.counts["tracks"] += 1
             tid = track_id(self.options.camera_id, self.key, local_id)
-            self.track_ids.append(tid)
+            if len(self.track_ids) < MAX_LISTED_TRACKS:  # a stream may run for weeks: the list stays bounded
+                self.track_ids.append(tid)
             self._emit([self._item(tid, c) for c in chosen])
 
     def _item(self, tid: str, c: Candidate) -> Item:
