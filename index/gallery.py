@@ -45,6 +45,7 @@ from index.records import Hit, Identity, Record, SearchFilter, aggregate_identit
 from index.rwlock import RWLock
 from index.snapshot import MANIFEST, SnapshotError
 from index.store import GALLERY_ID, Store
+from index.tracks import TrackTables
 
 __all__ = [
     "CorruptGallery",
@@ -68,7 +69,7 @@ SNAPSHOT_EVERY = 50_000  # mutations between automatic snapshots: bounds the cat
 COMPACT_AT = 1024  # removed ids left in the index (tombstones) before it is compacted off the search path
 
 
-class Gallery(Snapshots, GalleryBase):
+class Gallery(TrackTables, Snapshots, GalleryBase):
     """Use Gallery.create / open / open_or_create; the constructor does no I/O.
 
     Concurrency: searches run on any thread, many at once, and never wait for a write. Writes (add, remove,
@@ -244,6 +245,8 @@ class Gallery(Snapshots, GalleryBase):
                 with self._write_mutex:
                     self._maybe_train()
                     self._write_snapshot()
+            with self._write_mutex:
+                self._tracks_catch_up()  # tracks behind the log (a crash after an add's commit) are caught up
             self._remove_stale_files()
         self._open_seconds = time.perf_counter() - started
 
@@ -298,6 +301,7 @@ class Gallery(Snapshots, GalleryBase):
             return []
         self._check_open()
         ids = self._store.insert(xb, records)
+        self._tracks_after_write()
         with self._rw.write():
             self._index.add_with_ids(xb, np.asarray(ids, dtype=np.int64))
         self._last_id = ids[-1]
@@ -317,6 +321,7 @@ class Gallery(Snapshots, GalleryBase):
         with self._write_mutex:
             self._check_open()
             removed, seq = self._store.delete(wanted)
+            self._tracks_after_write()
             self._tombstones.update(removed)
             self._last_seq = seq
             self._count -= len(removed)
@@ -423,6 +428,7 @@ class Gallery(Snapshots, GalleryBase):
             if ids[0] <= self._last_id:
                 raise GalleryError(f"the gallery already assigned ids up to {self._last_id}; cannot import {ids[0]}")
             self._store.insert(xb, records, given_ids=ids, keep_added_at=True)
+            self._tracks_after_write()
             with self._rw.write():
                 self._index.add_with_ids(xb, np.asarray(ids, dtype=np.int64))
             self._last_id = ids[-1]
