@@ -1,9 +1,11 @@
-"""The command lines of ingestion: ``python -m ingestion.bulk`` and ``python -m ingestion.reembed`` (also run by
-``reid index --gallery`` and ``reid gallery reembed`` as child processes). They parse arguments, build the typed
-arguments of ingestion.bulk, ingestion.ray_bulk and ingestion.reembed, and print their summaries.
+"""The command lines of ingestion: ``python -m ingestion.bulk``, ``python -m ingestion.reembed`` (also run by
+``reid index --gallery`` and ``reid gallery reembed`` as child processes) and ``python -m ingestion.link``. They
+parse arguments, build the typed arguments of ingestion.bulk, ingestion.ray_bulk, ingestion.reembed and
+ingestion.linking, and print their summaries.
 
     python -m ingestion.bulk FOLDER --gallery DIR --artifact DIR [--keep-crops] [--ray [ADDRESS]]
     python -m ingestion.reembed --artifact artifacts/new --to galleries/new [--from galleries/live]
+    python -m ingestion.link --gallery DIR|URI [--topology F] [--far R] [--full]
 """
 
 from __future__ import annotations
@@ -263,4 +265,59 @@ def reembed_main(argv: Sequence[str] | None = None) -> int:
     if args.summary_json:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         args.summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
+    return 0
+
+
+# -- python -m ingestion.link -----------------------------------------------------------------------------------
+
+
+def parse_link_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from ingestion import linking
+
+    p = argparse.ArgumentParser(prog="python -m ingestion.link", description=linking.__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--gallery",
+        default=os.environ.get("REID_GALLERY_URI") or os.environ.get("REID_GALLERY_DIR"),
+        help="gallery folder, Milvus Lite .db file or milvus://HOST:PORT/COLLECTION (default: REID_GALLERY_URI, "
+        "else REID_GALLERY_DIR). An embedded gallery has one writer: stop the server that serves it first",
+    )
+    p.add_argument(
+        "--topology", type=Path, help="camera topology, JSON or YAML (default: learned from confident links)"
+    )
+    p.add_argument("--far", type=float, default=linking.DEFAULT_FAR, help="false-link rate the threshold is set for")
+    p.add_argument("--threshold", type=float, help="link at this similarity instead of a calibrated one")
+    p.add_argument("--full", action="store_true", help="relink every track (default: only tracks without an identity)")
+    p.add_argument("--linkage", choices=["average", "complete"], default="average")
+    p.add_argument("--json", action="store_true", help="print the run as JSON")
+    args = p.parse_args(argv)
+    if args.gallery is None:
+        p.error("give --gallery (or set REID_GALLERY_URI / REID_GALLERY_DIR)")
+    if not 0 < args.far < 1:
+        p.error("--far takes a rate between 0 and 1")
+    return args
+
+
+def link_main(argv: Sequence[str] | None = None) -> int:
+    from index.errors import GalleryLocked
+    from ingestion.link import load_topology
+    from ingestion.linking import link_gallery
+
+    args = parse_link_args(argv)
+    try:
+        topology = None if args.topology is None else load_topology(args.topology)
+    except (OSError, ValueError) as exc:
+        print(f"ingestion.link: the topology {args.topology} cannot be read: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with open_gallery(args.gallery) as gallery:
+            run = link_gallery(
+                gallery, far=args.far, topology=topology, full=args.full, threshold=args.threshold, linkage=args.linkage
+            )
+    except GalleryLocked as exc:
+        print(f"ingestion.link: {exc} (the server holds it: stop it, or link a Milvus gallery)", file=sys.stderr)
+        return 2
+    except GalleryError as exc:
+        print(f"ingestion.link: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(run.to_dict(), indent=2) if args.json else run.format())
     return 0

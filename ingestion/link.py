@@ -556,3 +556,11 @@ def threshold_for(points: Calibration | Sequence[OperatingPoint], far: float) ->
     if point is None:
         raise ValueError(f"no operating point at a false-link rate of {far} or stricter")
     return point
+
+
+if __name__ == "__main__":  # python -m ingestion.link, as documented: the command line lives in ingestion.cli
+    import sys
+
+    from ingestion.cli import link_main
+
+    sys.exit(link_main())
