@@ -26,7 +26,7 @@ from server.middleware import (
     guarded_protocol,
 )
 from server.resources import Resources
-from server.routes import gallery, health, search
+from server.routes import gallery, health, identities, search, tracks
 from server.settings import Settings
 
 
@@ -76,6 +76,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(search.router)
     app.include_router(gallery.router)
+    app.include_router(tracks.router)
+    app.include_router(identities.router)
     app.include_router(health.router)
     app.include_router(console_router(settings))
     return app
