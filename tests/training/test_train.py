@@ -109,13 +109,13 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("workers", "cache_mb"), [(0, 0), (1, 0), (0, 64)])
+@pytest.mark.parametrize(("workers", "cache_mb"), [(1, 0), (0, 64)])
 def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(
     tiny_market, tmp_path, monkeypatch, workers, cache_mb
 ):
-    # Random erasing, flips and crops draw from torch's generator (the loader, workers=0), from loader workers
-    # seeded per epoch (workers=1), or from the saved loader generator (the in-memory path, cache_mb > 0); an
-    # evaluation between epochs must not shift any of these streams.
+    # Random erasing, flips and crops draw from loader workers seeded per epoch (workers=1, the DataLoader path of
+    # sets too large for cache_mb) or from the saved loader generator (the in-memory path); an evaluation between
+    # epochs must not shift either stream.
     base = [*TINY, f"data_root={tiny_market}", "iters_per_epoch=2", f"num_workers={workers}", "save_every=0"]
     base += [
         f"eval_every={1 - workers}",
