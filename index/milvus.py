@@ -69,6 +69,7 @@ from index.milvus_expr import (
     number_literal,
     search_params,
 )
+from index.milvus_tracks import MilvusTracks
 from index.protocol import GalleryBase
 from index.records import Hit, Record, SearchFilter
 from index.uri import DEFAULT_MILVUS_TIMEOUT_S, GalleryURI
@@ -98,7 +99,7 @@ _REPORTED_MAX = 10_000
 # -- the gallery --------------------------------------------------------------------------------------------
 
 
-class MilvusGallery(GalleryBase):
+class MilvusGallery(MilvusTracks, GalleryBase):
     """Use MilvusGallery.open (or index.open_gallery); the constructor does no I/O."""
 
     backend = "milvus"

@@ -12,19 +12,22 @@ Contract (tests/index/test_conformance.py runs it against both):
   another gallery (that is how a copy keeps them stable);
 - an acknowledged add is found by the next search; a removed id is never returned again;
 - ``add_new`` adds each content hash once, atomically within one process;
-- searches never wait for writes: they may run on any thread, concurrently with each other and with one writer.
+- searches never wait for writes: they may run on any thread, concurrently with each other and with one writer;
+- tracks follow their items: an added item with a track_id is in its track when the add returns, a track whose
+  last item is removed is gone (identity and all); identity numbers are reserved from the gallery, never reused.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from index.errors import GalleryError, InvalidVector, ModelMismatch
 from index.records import Hit, Record, SearchFilter
+from index.track_records import IdentitySummary, Track, TrackQuery
 
 
 @runtime_checkable
@@ -72,6 +75,25 @@ class Gallery(Protocol):
     def calibration(self) -> dict | None: ...
 
     def set_calibration(self, calibration: dict) -> None: ...
+
+    # tracks (items sharing a track_id) and identities (index.track_records; index.tracks, index.milvus_tracks)
+    def tracks(self, query: TrackQuery | None = None, *, after: int = 0, limit: int = 100) -> list[Track]: ...
+
+    def tracks_of(self, track_ids: Sequence[str]) -> dict[str, Track]: ...
+
+    def track_items(self, track_id: str) -> list[int]: ...
+
+    def track_vectors(self) -> tuple[list[Track], np.ndarray]: ...
+
+    def identities(
+        self, query: TrackQuery | None = None, *, after: int = 0, limit: int = 100
+    ) -> list[IdentitySummary]: ...
+
+    def identity_tracks(self, identity_id: int) -> list[Track]: ...
+
+    def reserve_identities(self, n: int) -> list[int]: ...
+
+    def set_identities(self, assignments: Mapping[str, int | None]) -> int: ...
 
     def close(self) -> None: ...
 
