@@ -2,8 +2,9 @@
 
 vtest.avi (opencv-doc; .ci/run installs it) is a real street scene: 768x576, 10 fps, 795 frames. The SSDLite
 detector artifact needs TensorFlow to convert, which lives only in the throwaway environment ``make detector``
-builds (.venv-detector); the tests that need it run where that environment exists (REID_TEST_DETECTOR may name a
-ready artifact instead) and say why they skip elsewhere.
+builds (.venv-detector). The tests that need it take, in order: REID_TEST_DETECTOR (a ready artifact), the artifact
+``make detector`` wrote (artifacts/detector; CI runs ``make detector`` before the tests), or a conversion in
+.venv-detector; elsewhere they skip and say why.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import cv2
 import numpy as np
 import pytest
 
+from formats.detector_spec import DETECTOR_SPEC_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 DETECTOR_VENV = ROOT / ".venv-detector"
+MADE_DETECTOR = ROOT / "artifacts" / "detector"  # what `make detector` writes (its DETECTOR default)
 
 needs_vtest = pytest.mark.skipif(
     not VTEST.is_file(), reason="vtest.avi is missing: apt-get install opencv-doc (.ci/run installs it)"
@@ -65,9 +69,14 @@ def _ssdlite(folder: str) -> Path | str:
     """The SSDLite artifact built once per test run, or why it cannot be."""
     if os.environ.get("REID_TEST_DETECTOR"):
         return Path(os.environ["REID_TEST_DETECTOR"])
+    if (MADE_DETECTOR / DETECTOR_SPEC_FILE).is_file():
+        return MADE_DETECTOR
     python = DETECTOR_VENV / "bin" / "python"
     if not python.is_file():
-        return "the SSDLite detector needs TensorFlow, which only `make detector`'s .venv-detector holds (absent here)"
+        return (
+            "the SSDLite detector is not built: run `make detector` (artifacts/detector; its TensorFlow lives only in "
+            "the throwaway .venv-detector), or name a ready artifact in REID_TEST_DETECTOR"
+        )
     out = Path(folder)
     convert = [str(python), "-m", "export.detector_tf", "--out", str(out / "tf"), "--frames", "4"]
     if VTEST.is_file():
