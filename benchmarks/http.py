@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                     port=port,
                     triton_port=free_port(),
                     wait_ready_s=300,
+                    create_gallery=True,
                 ):
                     meta[f"gallery_size_{backend}"] = fill_gallery(url, args.api_key, args.fill, args.fill_limit)
                     results += run(url, args, images, backend)

@@ -19,8 +19,9 @@ from pathlib import Path
 from client.api import DEFAULT_URL, ReIDClient
 from client.errors import ReIDError
 from client.launch import serve
-from client.models import SearchResult
-from formats.names import JUNK_PERSON, is_image_file, person_and_camera
+from client.messages import JUNK, UsageError, artifact, existing, explain, gallery_location, labels_of, parse_metadata
+from client.models import AddResult, SearchResult
+from formats.names import is_image_file
 
 
 def _client(args: argparse.Namespace) -> ReIDClient:
@@ -67,13 +68,27 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_refused(result: AddResult, paths: Sequence[Path]) -> int:
+    """Name each file the server refused, and why; how many."""
+    refused = 0
+    for item, path in zip(result.items, paths, strict=True):
+        if item.error is not None:
+            print(f"refused {path}: {item.reason}", file=sys.stderr)
+            refused += 1
+    return refused
+
+
 def cmd_add(args: argparse.Namespace) -> int:
-    metadata = json.loads(args.metadata) if args.metadata else None
+    metadata = parse_metadata(args.metadata)
+    for path in args.images:
+        existing(path, "the image")
+    print(f"reid add: {len(args.images)} image(s) of {args.person} -> {args.url}", file=sys.stderr)
     with _client(args) as reid:
         result = reid.add(args.images, args.person, camera_id=args.camera, metadata=metadata)
     for item, path in zip(result.items, args.images, strict=True):
-        print(f"{item.id}\t{path}{'  (duplicate)' if item.duplicate else ''}")
-    return 0
+        if item.error is None:
+            print(f"{item.id}\t{path}{'  (duplicate)' if item.duplicate else ''}")
+    return 1 if _report_refused(result, args.images) else 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -102,16 +117,10 @@ def _images_in(folder: Path) -> Iterator[Path]:
             yield path
 
 
-def _person_and_camera(path: Path, person: str | None, camera: str | None) -> tuple[str, str | None] | None:
-    """From a Market-1501 style name, else the --person/--camera defaults; None skips the file."""
-    parsed = person_and_camera(path.name)
-    if parsed:
-        return None if parsed[0] == JUNK_PERSON else parsed
-    return (person, camera) if person else None
-
-
 def cmd_gallery_copy(args: argparse.Namespace) -> int:
     # A child process, as `reid index --gallery`: the client package never imports the gallery's code.
+    gallery_location(args.source, "the source gallery")
+    print(f"reid gallery copy: {args.source} -> {args.destination}", file=sys.stderr)
     command = [sys.executable, "-m", "index.copy", args.source, args.destination]
     command += ["--batch", str(args.batch), "--sample", str(args.sample)]
     if args.factory:
@@ -119,60 +128,73 @@ def cmd_gallery_copy(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+def _index_with_bulk(args: argparse.Namespace) -> int:
+    """Straight into a gallery folder (no server): the same code path as `make index`, as a child process."""
+    if args.artifact is None:
+        raise UsageError("reid index --gallery needs --artifact (the model that embeds the crops)")
+    artifact(args.artifact)
+    print(f"reid index: {args.folder} -> gallery {args.gallery} (model {args.artifact}, no server)", file=sys.stderr)
+    command = [sys.executable, "-m", "ingestion.bulk", str(args.folder), "--gallery", str(args.gallery)]
+    command += ["--artifact", str(args.artifact)]
+    if args.ray is not None:
+        command += ["--ray", args.ray]
+    if args.keep_crops:
+        command += ["--keep-crops"]
+    return subprocess.call(command)
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     if args.ray is not None and args.gallery is None:
-        print(
-            "reid index --ray needs --gallery (Ray writes straight into a gallery, not through the API)",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError("reid index --ray needs --gallery (Ray writes straight into a gallery, not through the API)")
     if args.keep_crops and args.gallery is None:
-        print(
+        raise UsageError(
             "reid index --keep-crops needs --gallery (through the API, the server keeps crops when it runs with "
-            "REID_KEEP_CROPS=true)",
-            file=sys.stderr,
+            "REID_KEEP_CROPS=true)"
         )
-        return 2
+    if not existing(args.folder, "the folder").is_dir():
+        raise UsageError(f"{args.folder} is not a folder")
     if args.gallery is not None:
-        # Straight into a gallery folder (no server): the same code path as `make index`.
-        if args.artifact is None:
-            print("reid index --gallery needs --artifact (the model that embeds the crops)", file=sys.stderr)
-            return 2
-        command = [sys.executable, "-m", "ingestion.bulk", str(args.folder), "--gallery", str(args.gallery)]
-        command += ["--artifact", str(args.artifact)]
-        if args.ray is not None:
-            command += ["--ray", args.ray]
-        if args.keep_crops:
-            command += ["--keep-crops"]
-        return subprocess.call(command)
-    added = duplicates = skipped = 0
+        return _index_with_bulk(args)
+    print(f"reid index: {args.folder} -> {args.url}", file=sys.stderr)
+    counts = {"added": 0, "duplicates": 0, "junk": 0, "skipped": 0, "refused": 0}
     batch: list[tuple[Path, str, str | None]] = []
 
     def flush(reid: ReIDClient) -> None:
-        nonlocal added, duplicates
         if batch:
             paths, people, cameras = zip(*batch, strict=True)
             result = reid.add(list(paths), list(people), camera_id=list(cameras))
-            added += result.added
-            duplicates += result.duplicates
+            counts["added"] += result.added
+            counts["duplicates"] += result.duplicates
+            counts["refused"] += _report_refused(result, paths)
             batch.clear()
 
     with _client(args) as reid:
         for path in _images_in(args.folder):
-            labels = _person_and_camera(path, args.person, args.camera)
-            if labels is None:
-                skipped += 1
+            labels = labels_of(path, args.person, args.camera)
+            if labels == JUNK:  # a data set's deliberate junk crops: counted, not named one by one
+                counts["junk"] += 1
+                continue
+            if isinstance(labels, str):
+                print(f"skipped {path}: {labels}", file=sys.stderr)
+                counts["skipped"] += 1
                 continue
             batch.append((path, labels[0], labels[1] or ""))
             if len(batch) >= args.batch:
                 flush(reid)
         flush(reid)
-    print(f"added {added}, duplicates {duplicates}, skipped {skipped} (junk or no person id)")
-    return 0
+    print(", ".join(f"{k} {v}" for k, v in counts.items()))
+    if counts["added"] + counts["duplicates"] == 0:
+        print(f"reid index: nothing was added from {args.folder} (no usable image in it)", file=sys.stderr)
+        return 1
+    return 1 if counts["refused"] or counts["skipped"] else 0
 
 
 def cmd_gallery_reembed(args: argparse.Namespace) -> int:
     # The gallery work happens in ingestion.reembed, a child process: the client package never imports it.
+    artifact(args.artifact)
+    if args.source is not None:
+        gallery_location(args.source, "the source gallery (--from)")
+    print(f"reid gallery reembed: {args.source or 'REID_GALLERY_URI / REID_GALLERY_DIR'} -> {args.to}", file=sys.stderr)
     command = [sys.executable, "-m", "ingestion.reembed", "--artifact", str(args.artifact), "--to", args.to]
     for flag, value in (("--from", args.source), ("--crops", args.crops), ("--to-crops", args.to_crops)):
         if value is not None:
@@ -188,6 +210,7 @@ def cmd_gallery_reembed(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     # Reads and writes the gallery itself (no server): index.calibrate runs as a child, as ingestion.bulk does.
+    gallery_location(args.gallery, "the gallery")
     command = [sys.executable, "-m", "index.calibrate", str(args.gallery), "--far", *map(str, args.far)]
     command += ["--top-k", str(args.top_k)]
     command += ["--dry-run"] * args.dry_run + ["--json"] * args.json
@@ -196,8 +219,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.triton and args.artifact is None:
-        print("reid serve --triton needs --artifact (its model repository is served)", file=sys.stderr)
-        return 2
+        raise UsageError("reid serve --triton needs --artifact (its model repository is served)")
+    if args.artifact is not None:
+        artifact(args.artifact)
     # SIGTERM (docker stop, systemd) unwinds like Ctrl-C, so the children are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -208,6 +232,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             triton_port=args.triton_port,
+            create_gallery=args.create_gallery,
         ) as api:
             return api.wait()
     except KeyboardInterrupt:
@@ -330,6 +355,12 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifact", type=Path, help="exported model folder (REID_ARTIFACT)")
     p.add_argument("--gallery", type=Path, help="gallery folder (REID_GALLERY_DIR)")
     p.add_argument("--triton", action="store_true", help="serve the model from a local Triton instead of in-process")
+    p.add_argument(
+        "--create-gallery",
+        action="store_true",
+        help="start a new, empty gallery where --gallery names none (REID_CREATE_GALLERY); else a missing one is "
+        "refused",
+    )
     p.add_argument("--triton-port", type=int, default=8010, help="Triton HTTP port; gRPC and metrics use the next two")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -341,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", default=os.environ.get("REID_URL", DEFAULT_URL), help="API base URL (REID_URL)")
     parser.add_argument("--api-key", default=os.environ.get("REID_API_KEY"), help="API key (REID_API_KEY)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_search_command(sub)
     _add_add_command(sub)
@@ -357,12 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ReIDError as exc:
-        print(f"reid: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"reid: {exc}", file=sys.stderr)
-        return 1
+    except (UsageError, ReIDError, OSError, ValueError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        print(f"reid {args.command}: {explain(exc, args.url)}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
 
 
 if __name__ == "__main__":

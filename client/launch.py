@@ -59,15 +59,18 @@ def serve(
     triton_port: int = 8010,
     extra_env: dict[str, str] | None = None,
     wait_ready_s: float | None = None,
+    create_gallery: bool = False,
 ) -> Iterator[subprocess.Popen]:
     """Run the API as ``python -m server`` (uvicorn with the deadlines and connection limits of the REID_* settings,
     after a local Triton on triton_port..+2 when ``triton``); yields the API's process. With wait_ready_s, returns
-    only once /readyz answers 200."""
+    only once /readyz answers 200. ``create_gallery``: start a new gallery where none exists (else refused)."""
     env = {**os.environ, **(extra_env or {})}
     if artifact is not None:
         env["REID_ARTIFACT"] = str(artifact)
     if gallery is not None:
         env["REID_GALLERY_DIR"] = str(gallery)
+    if create_gallery:
+        env["REID_CREATE_GALLERY"] = "true"
     children: list[subprocess.Popen] = []
     try:
         if triton:

@@ -69,6 +69,7 @@ class SearchResult:
     timings: Timings
     target_far: float | None = None  # None from servers older than the identity-level calibration
     calibration: VerdictCalibration | None = None
+    unmatched_filters: dict[str, list[str]] = field(default_factory=dict)  # filter values no gallery item has
 
     @classmethod
     def from_json(cls, data: dict) -> SearchResult:
@@ -82,6 +83,7 @@ class SearchResult:
             timings=_parse(Timings, data["timings"]),
             target_far=data.get("target_far"),
             calibration=None if calibration is None else _parse(VerdictCalibration, calibration),
+            unmatched_filters=data.get("unmatched_filters") or {},
         )
 
 
@@ -100,22 +102,30 @@ class Embedding:
 @dataclass(frozen=True)
 class AddedItem:
     index: int
-    id: int
+    id: int | None  # None when the server refused this image (``error`` says why)
     duplicate: bool
+    error: dict[str, str] | None = None  # {"code", "message"} of a refused image
+
+    @property
+    def reason(self) -> str | None:
+        return None if self.error is None else f"{self.error.get('code')}: {self.error.get('message')}"
 
 
 @dataclass(frozen=True)
 class AddResult:
+    """One add's answer; some images may have been refused while the others were added (``failed``)."""
+
     model_id: str
-    ids: list[int]
+    ids: list[int | None]
     items: list[AddedItem]
     added: int
     duplicates: int
+    failed: int = 0
 
     @classmethod
     def from_json(cls, data: dict) -> AddResult:
         items = [_parse(AddedItem, i) for i in data["items"]]
-        return cls(data["model_id"], data["ids"], items, data["added"], data["duplicates"])
+        return cls(data["model_id"], data["ids"], items, data["added"], data["duplicates"], data.get("failed", 0))
 
 
 @dataclass(frozen=True)

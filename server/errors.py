@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import Scope
 
 from embedders.base import EmbedderBadResponse, EmbedderDeadline, EmbedderError, EmbedderUnavailable
@@ -81,7 +82,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header"))
-        parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # our validators' own words
+        parts.append(f"{where or 'request'}: {message}")
     return "; ".join(parts) or "invalid request"
 
 
@@ -102,6 +104,28 @@ ERROR_MAP: list[tuple[type[Exception], int, str | None, str | None, bool]] = [
     (GalleryUnavailable, 503, "gallery_unavailable", "the gallery's database is unavailable", True),
     (GalleryError, 500, "gallery_error", "the gallery failed", False),
 ]
+
+
+def error_status(exc: Exception) -> tuple[int, str]:
+    """The status and code ERROR_MAP gives an exception (an image's refusal, say); 500 for anything else."""
+    for exc_type, status, code, _, _ in ERROR_MAP:
+        if isinstance(exc, exc_type):
+            return status, code or getattr(exc, "code", _CODES[status])
+    return 500, "internal_error"
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers in full on this request's path (asked per method: FastAPI's
+    included routers do not expose their routes' methods)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
 
 
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
@@ -125,7 +149,10 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         status = exc.status_code
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
-        return error_response(request_id_of(request), status, _CODES.get(status, "error"), message, exc.headers)
+        headers = exc.headers
+        if status == 405:  # Starlette names only the first route of the path; a path may have several
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return error_response(request_id_of(request), status, _CODES.get(status, "error"), message, headers)
 
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(request_id_of(request), 422, "invalid_parameters", _validation_message(exc))

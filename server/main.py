@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
@@ -64,7 +65,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         )
     # Every route's first dependency; FastAPI solves dependencies only after it has read and parsed the body.
     admission = InFlightLimit(settings.max_in_flight, settings.retry_after_s, exempt=health.PROBE_PATHS)
-    app = FastAPI(
+    # Swagger UI (/docs) and ReDoc (/redoc) from the pinned package's own files, never a CDN: they work offline.
+    app = FastAPIOffline(
         title="apnet-reid",
         summary="Person re-identification retrieval: send a person crop, get the gallery identities it matches.",
         version="0.1.0",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
@@ -39,6 +40,16 @@ class Metrics:
         self.gallery_size = Gauge("reid_gallery_size", "Vectors in the gallery", registry=self.registry)
 
 
+def _plain_route(scope: Scope) -> str:
+    """The path of the app's own plain route (/openapi.json, the docs' static files) that answered, which leaves no
+    route in the scope; "unmatched" for a path no route has (one label for them all: bounded)."""
+    app = scope.get("app")
+    for route in getattr(getattr(app, "router", None), "routes", ()):
+        if route.matches(scope)[0] == Match.FULL:
+            return getattr(route, "path", None) or "unmatched"
+    return "unmatched"
+
+
 class MetricsMiddleware:
     """Count and time every HTTP request under its route template (``/v1/gallery/{item_id}``), never its raw path."""
 
@@ -62,8 +73,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"  # unmatched paths share one label: bounded
+            template = getattr(scope.get("route"), "path", None) or _plain_route(scope)
             method = scope["method"] if scope["method"] in METHODS else "OTHER"
             labels = (method, template, str(status))
             self.metrics.requests.labels(*labels).inc()

@@ -43,6 +43,7 @@ from index.crops import CropStore
 from index.errors import GalleryError, MissingLog, ModelMismatch
 from server.metrics import Metrics
 from server.settings import Settings
+from server.startup import check_startup
 
 log = logging.getLogger("server")
 T = TypeVar("T")
@@ -76,6 +77,7 @@ class Resources:
 
     async def start(self) -> None:
         s = self.settings
+        check_startup(s, own_embedder=self.embedder is not None)  # StartupRefused: a path that is surely wrong
         self._gallery_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gallery-writer")
         self._gallery_readers = ThreadPoolExecutor(max_workers=s.gallery_search_workers, thread_name_prefix="gallery")
         if self.embedder is None:
@@ -90,8 +92,14 @@ class Resources:
             await self._start_once()
         except EmbedderUnavailable as exc:
             log.warning("embedder unavailable at start (%s); retrying every %.0f s", exc, START_RETRY_S)
-            self.not_ready_reason = "the embedding backend is not reachable yet"
+            self.not_ready_reason = f"the embedding backend is not reachable yet ({self._backend_name()})"
             self._retry_task = asyncio.create_task(self._retry_start())
+
+    def _backend_name(self) -> str:
+        s = self.settings
+        if s.backend == "triton":
+            return f"Triton at {s.triton_url}, model {s.triton_model_name}"
+        return f"ONNX Runtime on {s.artifact / 'model.onnx' if s.artifact else 'the given embedder'}"
 
     async def _start_once(self) -> None:
         await self.embedder.start()

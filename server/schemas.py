@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from index.records import Hit, Identity, Record
+from server.errors import ErrorDetail
 
 METADATA_DOC = (
     'the JSON object stored with the image; {"_unreadable": reason} stands in for a stored value that cannot be'
@@ -112,6 +113,11 @@ class SearchResponse(BaseModel):
     identities: list[IdentityResult]
     hits: list[SearchHit]
     timings: Timings
+    unmatched_filters: dict[Literal["cameras", "exclude_cameras", "person_ids"], list[str]] = Field(
+        {},
+        description="filter values that no gallery item has (a mistyped camera or person id, say), by filter; "
+        "empty when every value exists. Such a value is no error: it just matches nothing",
+    )
 
 
 class EmbedResponse(BaseModel):
@@ -123,16 +129,18 @@ class EmbedResponse(BaseModel):
 
 class AddedItem(BaseModel):
     index: int = Field(description="position of the image in the request")
-    id: int
+    id: int | None = Field(description="its gallery id; null when it was refused")
     duplicate: bool = Field(description="the same bytes were already in the gallery (or earlier in this request)")
+    error: ErrorDetail | None = Field(None, description="why this image was refused (the others were not)")
 
 
 class AddResponse(BaseModel):
     model_id: str
-    ids: list[int]
+    ids: list[int | None] = Field(description="each image's gallery id, in order; null for a refused one")
     items: list[AddedItem]
     added: int
     duplicates: int
+    failed: int = Field(0, description="images refused (each item says why); the answer is 207 when this is not 0")
 
 
 class DeleteResponse(BaseModel):

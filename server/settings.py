@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # (faiss factory strings; Milvus also takes its own index type names) when it does not exist yet.
     gallery_uri: str | None = None
     gallery_dir: Path = Path("galleries/default")
+    # A gallery folder (or Milvus Lite file) that does not exist is refused at start unless this is set: a
+    # mistyped path would otherwise start an empty gallery that answers every search with "unknown".
+    create_gallery: bool = False
     index_factory: str = "Flat"
     search_threads: int = Field(1, ge=1)  # faiss OpenMP threads: 1 is fastest for single queries on few cores
     # Gallery searches at once, each on its own thread beside the one writer thread (faiss and SQLite release the

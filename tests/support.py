@@ -147,7 +147,8 @@ def person_crops(n: int, seed: int = 0, size: tuple[int, int] = (128, 64)) -> li
 
 
 def gallery_settings(gallery_dir: Path, **overrides) -> Settings:
-    return Settings(gallery_dir=gallery_dir, _env_file=None, **overrides)
+    """Settings for a server on ``gallery_dir``, created when it does not exist yet (tests start on fresh folders)."""
+    return Settings(gallery_dir=gallery_dir, _env_file=None, **{"create_gallery": True, **overrides})
 
 
 # -- hand-made models -------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import math
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
-from pydantic import FiniteFloat
 from starlette.concurrency import run_in_threadpool
 
 from index.crops import CropStore, CropStoreFull
@@ -17,7 +16,8 @@ from index.records import Record
 from ingestion.pipeline import Item, Result, WritePipeline
 from server.auth import Admin, Reader
 from server.deps import EmbedderDep, GalleryDep, SettingsDep
-from server.errors import APIError, error_responses
+from server.errors import APIError, ErrorDetail, error_responses, error_status
+from server.forms import TIME_FORMS, JsonObjectText, NonEmpty, Timestamp
 from server.resources import in_threadpool
 from server.schemas import AddedItem, AddResponse, DeleteResponse, GalleryItem, GalleryStats
 
@@ -57,7 +57,7 @@ def _per_image(values: list | None, n: int, name: str) -> list:
     if len(values) == 1:
         return values * n
     if len(values) != n:
-        raise APIError(422, "invalid_parameters", f"{name}: give one value for all images or one per image ({n})")
+        raise APIError(400, "invalid_parameters", f"{name}: give one value for all images or one per image ({n})")
     return values
 
 
@@ -72,56 +72,123 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _metadata(text: str | None, i: int, limits: Limits) -> dict:
-    """The metadata form field of image ``i`` as a dict within ``limits`` (the settings' metadata_max_*)."""
-    if text is None or text == "":
-        return {}
+def _parse_json(text: str, what: str) -> object:
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
-        raise APIError(422, "invalid_parameters", f"metadata of image {i} is not valid JSON") from None
+        raise APIError(422, "invalid_parameters", f"{what} is not valid JSON") from None
+
+
+def _metadata_fields(values: list[str] | None) -> list | None:
+    """The metadata fields as sent: one text per field, or one JSON array holding an object per image (how an
+    OpenAPI client sends an array of objects in a multipart form)."""
+    if values and len(values) == 1 and values[0].lstrip().startswith("["):
+        array = _parse_json(values[0], "metadata")
+        if isinstance(array, list) and array:
+            return array
+    return values
+
+
+def _metadata(given: str | dict | None, i: int, limits: Limits) -> dict:
+    """The metadata of image ``i`` (its JSON text, or an object from an array) as a dict within ``limits`` (the
+    settings' metadata_max_*)."""
+    if given is None or (isinstance(given, str) and given.strip() in ("", "null")):  # no metadata, as if absent
+        return {}
+    value = _parse_json(given, f"metadata of image {i}") if isinstance(given, str) else given
     if not isinstance(value, dict):
         raise APIError(422, "invalid_parameters", f"metadata of image {i} must be a JSON object")
     try:
         check(value, limits)
     except MetadataError as exc:
-        raise APIError(422, "invalid_parameters", f"metadata of image {i}: {exc}") from None
+        raise APIError(400, "invalid_parameters", f"metadata of image {i}: {exc}") from None
     return value
+
+
+PARTIAL_DOC = (
+    "some images were added (or found already there) and others refused: each refused item has its error; "
+    "nothing is retried and the added ones stay"
+)
 
 
 @router.post(
     "",
     status_code=201,
     response_model=AddResponse,
-    responses=error_responses(400, 401, 403, 413, 415, 422, 500, 502, 503, 504, 507),
+    responses={
+        207: {"model": AddResponse, "description": PARTIAL_DOC},
+        **error_responses(400, 401, 403, 413, 415, 422, 500, 502, 503, 504, 507),
+    },
 )
 async def add_images(
     _: Admin,
     settings: SettingsDep,
     model: EmbedderDep,
     gallery: GalleryDep,
-    images: Annotated[list[UploadFile], File(description="one or more person crops: JPEG, PNG or WEBP")],
-    person_id: Annotated[list[str], Form(description="one for all images, or one per image")],
-    camera_id: Annotated[list[str] | None, Form(description="one for all images, or one per image")] = None,
+    response: Response,
+    images: Annotated[list[UploadFile], File(min_length=1, description="one or more person crops: JPEG, PNG or WEBP")],
+    person_id: Annotated[list[NonEmpty], Form(min_length=1, description="one for all images, or one per image")],
+    camera_id: Annotated[list[str], Form(description="one for all images, or one per image")] = None,
     captured_at: Annotated[
-        list[FiniteFloat] | None, Form(description="Unix seconds; one for all, or one per image")
+        list[Timestamp], Form(description=f"{TIME_FORMS}; one for all images, or one per image")
     ] = None,
-    track_id: Annotated[list[str] | None, Form(description="one for all images, or one per image")] = None,
-    metadata: Annotated[list[str] | None, Form(description="a JSON object; one for all, or one per image")] = None,
+    track_id: Annotated[list[str], Form(description="one for all images, or one per image")] = None,
+    metadata: Annotated[list[JsonObjectText], Form(description="a JSON object; one for all, or one per image")] = None,
 ) -> AddResponse:
-    """Add person crops to the gallery. Images whose bytes are already there are reported, not added twice; one
-    image that cannot be decoded refuses the whole request, with nothing added."""
+    """Add person crops to the gallery. Images whose bytes are already there are reported, not added twice. An
+    image that cannot be used (undecodable, not JPEG/PNG/WEBP, too small...) is refused alone: the others are
+    added, the answer is 207 and that item carries its error. When every image is refused, the answer is the
+    first one's error status (400, 415 or 422), its message naming each image and why."""
+    items = await _items(settings, images, person_id, camera_id, captured_at, track_id, metadata)
+    results = await _write(settings, model, gallery, items)
+    gallery.count_items()
+    failed = [(i, r) for i, r in enumerate(results) if r.error is not None]
+    if failed and len(failed) == len(results):
+        status, code = error_status(failed[0][1].error)
+        reasons = "; ".join(f"image {i}: {r.error.message}" for i, r in failed)
+        raise APIError(status, code, f"no image was added ({reasons})")
+    if failed:
+        response.status_code = 207
+    added = sum(r.added for r in results)
+    return AddResponse(
+        model_id=model.spec.model_id,
+        ids=[r.id for r in results],
+        items=[
+            AddedItem(
+                index=i,
+                id=r.id,
+                duplicate=r.duplicate,
+                error=None if r.error is None else ErrorDetail(code=r.error.code, message=r.error.message),
+            )
+            for i, r in enumerate(results)
+        ],
+        added=added,
+        duplicates=sum(r.duplicate for r in results),
+        failed=len(failed),
+    )
+
+
+async def _items(
+    settings: SettingsDep,
+    images: list[UploadFile],
+    person_id: list[str],
+    camera_id: list[str] | None,
+    captured_at: list[float] | None,
+    track_id: list[str] | None,
+    metadata: list[str] | None,
+) -> list[Item]:
+    """The request's images with their records; a field with the wrong count or bad metadata refuses them all."""
     n = len(images)
     if n > settings.max_images_per_request:
-        raise APIError(422, "invalid_parameters", f"at most {settings.max_images_per_request} images per request")
+        raise APIError(400, "invalid_parameters", f"at most {settings.max_images_per_request} images per request")
     people = _per_image(person_id, n, "person_id")
     cameras = [c or None for c in _per_image(camera_id, n, "camera_id")]  # "" means unknown
     times = _per_image(captured_at, n, "captured_at")
     tracks = [t or None for t in _per_image(track_id, n, "track_id")]
-    metas = [_metadata(m, i, settings.metadata_limits) for i, m in enumerate(_per_image(metadata, n, "metadata"))]
+    metas = _per_image(_metadata_fields(metadata), n, "metadata")
+    metas = [_metadata(m, i, settings.metadata_limits) for i, m in enumerate(metas)]
     if any(not p for p in people):
         raise APIError(422, "invalid_parameters", "person_id must not be empty")
-    items = [
+    return [
         Item(
             f"image {i}",
             await image.read(),
@@ -136,20 +203,10 @@ async def add_images(
         )
         for i, image in enumerate(images)
     ]
-    results = await _write(settings, model, gallery, items)
-    gallery.count_items()
-    added = sum(r.added for r in results)
-    return AddResponse(
-        model_id=model.spec.model_id,
-        ids=[r.id for r in results],
-        items=[AddedItem(index=i, id=r.id, duplicate=r.duplicate) for i, r in enumerate(results)],
-        added=added,
-        duplicates=n - added,
-    )
 
 
 async def _write(settings: SettingsDep, model: EmbedderDep, gallery: GalleryDep, items: list[Item]) -> list[Result]:
-    """The one write pipeline, all or nothing (the first bad image's typed error is the answer); with
+    """The one write pipeline: an image that cannot be used is that item's error, the others are added; with
     REID_KEEP_CROPS, every image's bytes are kept before its add, and 507 when they would pass the store's cap."""
     crops = None
     if settings.keep_crops:
@@ -161,7 +218,6 @@ async def _write(settings: SettingsDep, model: EmbedderDep, gallery: GalleryDep,
         model,
         crops=crops,
         limits=settings.image_limits,
-        atomic=True,
         run_blocking=in_threadpool,
         run_read=gallery.read,
         run_write=gallery.write,

@@ -17,6 +17,7 @@ def server_url(tiny_artifact, tmp_path_factory):
         backend="onnx",
         artifact=tiny_artifact,
         gallery_dir=tmp_path_factory.mktemp("bench") / "gallery",
+        create_gallery=True,
         admin_keys=ADMIN,
         read_keys=READER,
         _env_file=None,

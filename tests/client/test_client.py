@@ -144,6 +144,7 @@ def server_url(tiny_artifact, tmp_path_factory):
         backend="onnx",
         artifact=tiny_artifact,
         gallery_dir=tmp_path_factory.mktemp("client") / "gallery",
+        create_gallery=True,
         admin_keys=ADMIN,
         read_keys=READER,
         _env_file=None,
@@ -207,7 +208,7 @@ def test_cli_add_search_stats_rm_and_index(server_url, tmp_path, capsys):
     (folder / "-1_c1s1_000001_01.png").write_bytes(crops[2])  # junk in the Market protocol: skipped
     (folder / "notes.txt").write_text("not an image")
     assert main([*base, "index", str(folder)]) == 0
-    assert "added 1, duplicates 0, skipped 1" in capsys.readouterr().out
+    assert "added 1, duplicates 0, junk 1, skipped 0, refused 0" in capsys.readouterr().out
     assert main([*base, "search", str(folder / "0042_c2s1_000100_01.png"), "--json"]) == 0
     hit = json.loads(capsys.readouterr().out)["hits"][0]
     assert (hit["person_id"], hit["camera_id"]) == ("0042", "2")
@@ -227,7 +228,7 @@ def test_reid_serve_starts_the_api_from_the_environment(tiny_artifact, tmp_path)
     from client.launch import free_port, serve
 
     port = free_port()
-    with serve(artifact=tiny_artifact, gallery=tmp_path / "gallery", port=port, wait_ready_s=120):
+    with serve(artifact=tiny_artifact, gallery=tmp_path / "gallery", port=port, wait_ready_s=120, create_gallery=True):
         with ReIDClient(f"http://127.0.0.1:{port}") as reid:
             added = reid.add(CROPS[0], "served")
             assert reid.search(CROPS[0]).hits[0].id == added.ids[0]

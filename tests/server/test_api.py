@@ -45,6 +45,7 @@ def api(request, tiny_artifact, synth_data, tmp_path_factory) -> Api:
     tmp = tmp_path_factory.mktemp(f"api-{request.param}")
     common = {
         "gallery_dir": tmp / "gallery",
+        "create_gallery": True,
         "admin_keys": ADMIN,
         "read_keys": READER,
         "max_upload_bytes": MAX_UPLOAD,
@@ -387,6 +388,7 @@ def test_triton_down_at_start_then_the_server_becomes_ready_by_itself(tiny_artif
         triton_url=f"127.0.0.1:{grpc_port}",
         model_name=TINY_NAME,
         gallery_dir=tmp_path / "gallery",
+        create_gallery=True,
         _env_file=None,
     )
     with LiveServer(settings) as url, httpx.Client(base_url=url, timeout=60) as client:

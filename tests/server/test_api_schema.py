@@ -19,6 +19,7 @@ def live_schema(tiny_artifact, tmp_path_factory):
         backend="onnx",
         artifact=tiny_artifact,
         gallery_dir=tmp_path_factory.mktemp("schema") / "gallery",
+        create_gallery=True,
         admin_keys=ADMIN,
         _env_file=None,
     )

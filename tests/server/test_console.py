@@ -86,6 +86,7 @@ def console(tiny_artifact, synth_data, tmp_path_factory) -> Iterator[Console]:
         backend="onnx",
         artifact=tiny_artifact,
         gallery_dir=tmp / "gallery",
+        create_gallery=True,
         keep_crops=True,
         admin_keys=ADMIN,
         read_keys=READER,
@@ -133,6 +134,7 @@ def faulty(tmp_path_factory) -> Iterator[Faulty]:
     tmp = tmp_path_factory.mktemp("console-faulty")
     settings = Settings(
         gallery_dir=tmp / "gallery",
+        create_gallery=True,
         keep_crops=True,
         admin_keys=ADMIN,
         max_upload_bytes=SMALL_UPLOAD,
