@@ -56,6 +56,17 @@
     return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
   }
 
+  // "first – last" of the items' capture times (the date once when both fall on one day), the one time, or "time unknown".
+  function timeSpan(items) {
+    const times = items.map((i) => i.captured_at).filter((t) => t !== null && t !== undefined);
+    if (!times.length) return "time unknown";
+    const first = Math.min(...times);
+    const last = Math.max(...times);
+    if (first === last) return formatTime(first);
+    const sameDay = new Date(first * 1000).toDateString() === new Date(last * 1000).toDateString();
+    return `${formatTime(first)} – ${sameDay ? formatClock(last) : formatTime(last)}`;
+  }
+
   const percent = (rate) => `${+(rate * 100).toPrecision(3)}%`;
   const score = (value) => value.toFixed(3);
 
@@ -394,9 +405,8 @@
       groups.get(key).push(hit);
     }
     for (const [track, hits] of groups) {
-      const times = hits.map((h) => h.captured_at).filter((t) => t !== null && t !== undefined);
       const cameras = [...new Set(hits.map((h) => h.camera_id || "unknown"))].join(", ");
-      const span = times.length ? `${formatTime(Math.min(...times))} – ${formatClock(Math.max(...times))}` : "time unknown";
+      const span = timeSpan(hits);
       const title = track ? `Track ${track}` : "Not in a track";
       const head = el("h3", { text: title }, el("span", { className: "hint", text: ` · camera ${cameras} · ${span} · best ${score(hits[0].score)}` }));
       results.append(el("section", { className: "track", "data-track": track }, head, el("ul", { className: "grid" }, ...hits.map((h) => hitCard(h, answer.threshold)))));
@@ -463,8 +473,7 @@
   }
 
   function visitEntry(visit) {
-    const times = visit.items.map((i) => i.captured_at).filter((t) => t !== null && t !== undefined);
-    const span = times.length ? `${formatTime(Math.min(...times))} – ${formatClock(Math.max(...times))}` : "time unknown";
+    const span = timeSpan(visit.items);
     const head = el("h3", { text: `Camera ${visit.camera || "unknown"}` }, el("span", { className: "hint", text: ` · ${span} · ${visit.items.length} crop${visit.items.length === 1 ? "" : "s"}` }));
     const thumbs = visit.items.map((item) =>
       el("li", { "data-step": String(item.id) }, thumbnail(item.id, `Item ${item.id} at ${formatTime(item.captured_at)}`), el("span", { className: "hint", text: formatClock(item.captured_at) })),
