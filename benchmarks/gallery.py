@@ -265,6 +265,209 @@ def bench_serving(backend: str, folder: Path, n: int, dim: int, args) -> dict:
     return result
 
 
+# -- factory "auto" (index.growth): grown through add, then searched with and without filters ----------------------
+
+GROWTH_CAMERAS = 16  # the camera filter keeps 1/16 of the gallery
+TIME_FILTERS = (0.01, 0.10, 0.50)  # capture-time windows keeping these fractions (captured_at = item number)
+
+
+def rss_bytes() -> dict:
+    """This process's resident memory now and at its peak (Linux /proc)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {k: int(fields[v].split()[0]) * 1024 for k, v in (("rss", "VmRSS"), ("peak", "VmHWM"))}
+
+
+def growth_chunks(n: int, dim: int, clusters: int, seed: int):
+    """(start, xb) chunks of unit vectors around the same ``clusters`` people whatever the seed, generated on the fly
+    (the gallery is never held whole here: the RSS measured is the gallery's)."""
+    centres = np.random.default_rng(0).standard_normal((clusters, dim), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, FILL_BATCH):
+        m = min(FILL_BATCH, n - start)
+        x = centres[rng.integers(0, clusters, m)] + 0.6 * rng.standard_normal((m, dim), dtype=np.float32)
+        yield start, x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def growth_filters(n: int) -> dict[str, SearchFilter | None]:
+    out: dict[str, SearchFilter | None] = {"none": None, f"camera_1/{GROWTH_CAMERAS}": SearchFilter(cameras=["c3"])}
+    for frac in TIME_FILTERS:
+        out[f"time_{round(frac * 100)}%"] = SearchFilter(time_from=0.0, time_to=frac * n - 1)
+    return out
+
+
+def growth_records(start: int, m: int) -> list[Record]:
+    return [
+        Record(person_id=f"p{(start + i) % 5000}", camera_id=f"c{(start + i) % GROWTH_CAMERAS}", captured_at=start + i)
+        for i in range(m)
+    ]
+
+
+def fill_growth(gallery, n: int, dim: int, xq: np.ndarray, filters: dict, clusters: int) -> tuple[float, dict]:
+    """Fill through Gallery.add (the normal path, builds starting on their own thread as it grows); the exact
+    (filtered) top K of ``xq`` over the same chunks."""
+    heaps = {name: faiss.ResultHeap(len(xq), K, keep_max=True) for name in filters}
+    t0 = time.perf_counter()
+    for start, xb in growth_chunks(n, dim, clusters, seed=n):
+        records = growth_records(start, len(xb))
+        ids = np.asarray(gallery.add(xb, records, model_id=MODEL), dtype=np.int64)
+        scores = xq @ xb.T
+        for name, f in filters.items():
+            keep = np.ones(len(xb), bool) if f is None else np.array([f.matches(r) for r in records])
+            if keep.any():
+                heaps[name].add_result(np.ascontiguousarray(scores[:, keep]), np.tile(ids[keep], (len(xq), 1)))
+    fill_s = time.perf_counter() - t0
+    for h in heaps.values():
+        h.finalize()
+    return fill_s, {name: h.I for name, h in heaps.items()}
+
+
+def searches_at(gallery, xq: np.ndarray, f, concurrency: int) -> tuple[dict, list[list[int]]]:
+    """p50/p99 of single-query searches, ``concurrency`` threads at once; the ids found per query."""
+    found: list[list[int]] = [[] for _ in range(len(xq))]
+
+    def one(i: int) -> float:
+        t0 = time.perf_counter()
+        hits = gallery.search(xq[i], K, f, model_id=MODEL)[0]
+        found[i] = [h.id for h in hits]
+        return time.perf_counter() - t0
+
+    gallery.search(xq[0], K, f, model_id=MODEL)  # warm-up (the filter columns are read on first use)
+    with ThreadPoolExecutor(concurrency) as pool:
+        lat = list(pool.map(one, range(len(xq))))
+    return _percentiles(lat), found
+
+
+def recall_vs(found: list[list[int]], truth: np.ndarray) -> float:
+    """Mean recall@K against exact (filtered) ids; a filter keeping fewer than K items asks for fewer."""
+    rows = [
+        len(set(f) & set(t[t >= 0])) / max(1, min(K, int((t >= 0).sum()))) for f, t in zip(found, truth, strict=True)
+    ]
+    return round(float(np.mean(rows)), 4)
+
+
+def bench_growth(folder: Path, n: int, dim: int, args) -> dict:
+    xq = next(growth_chunks(args.queries, dim, args.clusters, seed=n + 1))[1]  # the same people, not in the gallery
+    filters = growth_filters(n)
+    before = rss_bytes()
+    gallery = Gallery.create(folder / f"growth_{n}", model_id=MODEL, dim=dim, factory=args.growth_factory)
+    try:
+        fill_s, truth = fill_growth(gallery, n, dim, xq, filters, args.clusters)
+        t0 = time.perf_counter()
+        if gallery._growth is not None:
+            gallery._growth.wait()  # the last build the fill started
+        result = {"n": n, "dim": dim, "factory": args.growth_factory, "fill_s": round(fill_s, 1)}
+        result["fill_items_per_s"] = round(n / fill_s, 1)
+        result["wait_last_build_s"] = round(time.perf_counter() - t0, 1)
+        stats = gallery.stats()
+        result["index_choice"] = stats["index_choice"]
+        result["rss_after_fill"] = rss_bytes()
+        result["rss_before"] = before
+        result["searches"] = {}
+        for name, f in filters.items():
+            row = {}
+            for c in args.concurrency:
+                row[f"c{c}"], found = searches_at(gallery, xq, f, c)
+            row["recall_at_10"] = recall_vs(found, truth[name])
+            result["searches"][name] = row
+        result["rss_after_searches"] = rss_bytes()
+        result["rss_per_item"] = round((result["rss_after_searches"]["rss"] - before["rss"]) / n, 1)
+    finally:
+        gallery.close()
+    path = folder / f"growth_{n}"
+    result["disk_bytes"] = {p.name: p.stat().st_size for p in path.iterdir() if p.is_file()}
+    result["rss_serving_process"] = rss_of_reader(path, dim, args)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+READER = """
+import json, sys, numpy as np
+from benchmarks.gallery import MODEL, K, growth_chunks, growth_filters, rss_bytes
+from index.gallery import Gallery
+path, n, dim, clusters, queries = sys.argv[1], *map(int, sys.argv[2:])
+before = rss_bytes()
+xq = next(growth_chunks(queries, dim, clusters, seed=n + 1))[1]
+with Gallery.open(path, readonly=True, threads=1) as g:
+    for f in growth_filters(n).values():
+        for q in xq:
+            g.search(q, K, f, model_id=MODEL)
+    print(json.dumps({"before_open": before, "after_searches": rss_bytes(), "items": len(g)}))
+"""
+
+
+def rss_of_reader(path: Path, dim: int, args) -> dict:
+    """RSS of a fresh process that opens the gallery read-only and serves every filter's queries: the memory a
+    serving process holds, without what the fill and the builds left in this one's heap."""
+    import subprocess
+
+    n = int(path.name.split("_")[-1])
+    argv = [sys.executable, "-c", READER, str(path), str(n), str(dim), str(args.clusters), str(args.queries)]
+    out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    out["bytes_per_item"] = round((out["after_searches"]["rss"] - out["before_open"]["rss"]) / out["items"], 1)
+    return out
+
+
+def bench_milvus_server(n: int, dim: int, args) -> dict:
+    """The same data straight into a Milvus server through pymilvus (not through index.milvus, whose schema needs
+    Milvus 2.4+): insert rate, index build, p50/p99 and recall@10 with and without a camera filter."""
+    from pymilvus import DataType, MilvusClient
+
+    from index.uri import parse_uri
+
+    client = MilvusClient(parse_uri(args.milvus_uri).address, timeout=600)
+    name = f"bench_server_{n}"
+    if client.has_collection(name):
+        client.drop_collection(name)
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("camera", DataType.VARCHAR, max_length=16)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    client.create_collection(name, schema=schema)
+    xq = next(growth_chunks(args.queries, dim, args.clusters, seed=n + 1))[1]
+    filters = {"none": (None, ""), f"camera_1/{GROWTH_CAMERAS}": (SearchFilter(cameras=["c3"]), 'camera == "c3"')}
+    heaps = {key: faiss.ResultHeap(len(xq), K, keep_max=True) for key in filters}
+    t0 = time.perf_counter()
+    for start, xb in growth_chunks(n, dim, args.clusters, seed=n):
+        ids = np.arange(start + 1, start + 1 + len(xb), dtype=np.int64)
+        cams = [f"c{(start + i) % GROWTH_CAMERAS}" for i in range(len(xb))]
+        client.insert(name, [{"id": int(i), "camera": c, "vector": v} for i, c, v in zip(ids, cams, xb, strict=True)])
+        scores = xq @ xb.T
+        for key, (f, _) in filters.items():
+            keep = np.ones(len(xb), bool) if f is None else np.array([c in f.cameras for c in cams])
+            heaps[key].add_result(np.ascontiguousarray(scores[:, keep]), np.tile(ids[keep], (len(xq), 1)))
+    client.flush(name)
+    insert_s = time.perf_counter() - t0
+    index = client.prepare_index_params()
+    index.add_index("vector", index_type=args.milvus_index, metric_type="IP", params=MILVUS_BUILD[args.milvus_index])
+    t0 = time.perf_counter()
+    client.create_index(name, index, sync=True)
+    client.load_collection(name)
+    build_s = time.perf_counter() - t0
+    result = {"backend": "milvus-server", "version": client.get_server_version(), "n": n, "dim": dim}
+    result.update(
+        index=args.milvus_index, insert_items_per_s=round(n / insert_s, 1), index_and_load_s=round(build_s, 1)
+    )
+    for h in heaps.values():
+        h.finalize()
+    for key, (_, expr) in filters.items():
+        found, lat = [], []
+        for q in xq:
+            t1 = time.perf_counter()
+            res = client.search(name, [q.tolist()], limit=K, filter=expr, search_params={"params": MILVUS_SEARCH})
+            lat.append(time.perf_counter() - t1)
+            found.append([hit["id"] for hit in res[0]])
+        truth = heaps[key].I
+        recall = np.mean([len(set(f) & set(t[t >= 0])) / K for f, t in zip(found, truth, strict=True)])
+        result[key] = {**_percentiles(lat), "recall_at_10": round(float(recall), 4)}
+    client.drop_collection(name)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+MILVUS_BUILD = {"IVF_SQ8": {"nlist": 2048}, "HNSW": {"M": 16, "efConstruction": 200}, "FLAT": {}}
+MILVUS_SEARCH = {"nprobe": 16, "ef": 64}
+
+
 def artifact_dim(artifact: Path | None) -> int:
     if artifact is None:
         return DEMO_DIM
@@ -293,9 +496,17 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--artifact", type=Path, help="take --dim from this artifact's spec.json")
     serving.add_argument("--concurrent", action="store_true", help="also c=4 idle and beside a writer")
     serving.add_argument("--dispatch", choices=["pool", "serial"], default="pool")
+    grow = p.add_argument_group('factory "auto" grown through add (--growth)')
+    grow.add_argument("--growth", action="store_true", help="fill from empty, then search filtered and not")
+    grow.add_argument("--growth-factory", default="auto", help="auto[:flat_max=...], or Flat for the exact baseline")
+    grow.add_argument("--concurrency", default="1,8", help="search threads, comma separated")
+    grow.add_argument("--milvus-server", action="store_true", help="with --growth: straight into --milvus-uri")
+    grow.add_argument("--milvus-index", choices=sorted(MILVUS_BUILD), default="IVF_SQ8")
     args = p.parse_args(argv)
     if args.serving:
         return main_serving(args, argv)
+    if args.growth:
+        return main_growth(args, argv)
     args.out = args.out or Path("bench/index.json")
     args.dim = args.dim or 2048
 
@@ -340,6 +551,29 @@ def main_serving(args: argparse.Namespace, argv: list[str] | None) -> int:
     try:
         for n in [int(s) for s in args.sizes.split(",") if int(s) > 0]:
             report["runs"].append(bench_serving(args.backend, folder, n, dim, args))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def main_growth(args: argparse.Namespace, argv: list[str] | None) -> int:
+    dim = args.dim or DEMO_DIM
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    out = args.out or Path("bench/gallery-growth.json")
+    report: dict = {
+        "command": " ".join(["python -m benchmarks.gallery", *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "host": {"cpus": len(os.sched_getaffinity(0)), "load": os.getloadavg(), "faiss": faiss.__version__},
+        "runs": [],
+    }
+    folder = Path(tempfile.mkdtemp(prefix="gallery-growth-", dir=args.workdir))
+    try:
+        for n in [int(s) for s in args.sizes.split(",") if int(s) > 0]:
+            bench = bench_milvus_server if args.milvus_server else bench_growth
+            report["runs"].append(bench(n, dim, args) if args.milvus_server else bench(folder, n, dim, args))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from index.records import SearchFilter
 
 TEXT_COLUMNS = ("camera", "person", "track")
 NONE_CODE = 0  # the code of a missing value (None) in every text column
+FEW_CODES = 8  # up to this many values, a filter compares each; beyond, np.isin
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ColumnIndex:
         self._lock = threading.Lock()
         self._last_id = 0
         self._size = 0  # rows covered: ids 1.._last_id (index 0 unused)
+        self._rows = 0  # rows read from the log (live when read)
         self._codes = {name: np.zeros(1, dtype=np.int32) for name in TEXT_COLUMNS}
         self._vocab: dict[str, dict[str, int]] = {name: {} for name in TEXT_COLUMNS}
         self._captured = np.full(1, np.nan)
@@ -73,6 +75,7 @@ class ColumnIndex:
             self._codes[name][ids] = codes
         self._captured[ids] = [_as_time(r[4]) for r in rows]
         self._present[ids] = True
+        self._rows += len(rows)
         self._last_id = last
 
     def _grow(self, size: int) -> None:
@@ -101,7 +104,7 @@ class ColumnIndex:
                     mask &= (t >= (-math.inf if f.time_from is None else f.time_from)) & (
                         t <= (math.inf if f.time_to is None else f.time_to)
                     )
-            covered = int(self._present[:n].sum())
+            covered = self._rows
         kept = int(mask.sum())
         bitmap = np.packbits(mask, bitorder="little")  # faiss reads bit (id & 7) of byte (id >> 3)
         sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
@@ -112,7 +115,13 @@ class ColumnIndex:
             return
         vocab = self._vocab[column]
         codes = [vocab[v] for v in values if v in vocab]
-        hit = np.isin(self._codes[column][:n], codes) if codes else np.zeros(n, dtype=bool)
+        col = self._codes[column][:n]
+        if len(codes) <= FEW_CODES:  # one comparison each: np.isin sorts, 10x slower for one camera of 16
+            hit = np.zeros(n, dtype=bool)
+            for code in codes:
+                hit |= col == code
+        else:
+            hit = np.isin(col, codes)
         mask &= hit if keep else ~hit
 
 

@@ -441,8 +441,9 @@ class Gallery(TrackTables, Snapshots, GalleryBase):
     def search(self, xq, k: int, filters: SearchFilter | None = None, *, model_id: str) -> list[list[Hit]]:
         """Top-k hits per query, best first, with their records; fewer than k when the gallery runs out.
 
-        Filters are applied after the search: the search over-fetches and widens (x4 each round) until every
-        query has k hits that pass or the index has nothing more to give.
+        Filters are applied inside the faiss search (an id selector, index.filters_faiss); on a GPU index, which
+        takes none, the search over-fetches and widens (x4 each round) until every query has k hits that pass or
+        the index has nothing more to give.
         """
         self._check_open()
         self._check_model(model_id)
