@@ -153,3 +153,49 @@ def test_erased_track_never_comes_back_after_relink(gallery_dir):
         assert gone not in {t["track_id"] for t in _all_tracks(client)}
         timeline = client.get(f"/v1/identities/{ident}").json()["timeline"]
         assert [e["track_id"] for e in timeline] == [_track_id(0, "c1")]
+
+
+def _search(client: httpx.Client, crops: list[bytes], **form) -> dict:
+    files = [("image", (f"q{i}.png", c, "image/png")) for i, c in enumerate(crops)]
+    r = client.post("/v1/search", files=files, data=form)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_search_grouped_by_track_answers_tracks_with_identities(gallery_dir):
+    with _server(gallery_dir) as url, _client(url) as admin:
+        _add_tracks(admin)
+        plain = _search(admin, [_crop(1, 99)], top_k=6)
+        assert plain["tracks"] is None
+        grouped = _search(admin, [_crop(1, 99)], top_k=6, group_by="track")
+        assert grouped["hits"] == plain["hits"]
+        tracks = grouped["tracks"]
+        assert {t["track_id"] for t in tracks[:2]} == {_track_id(1, "c1"), _track_id(1, "c2")}
+        assert [t["score"] for t in tracks] == sorted((t["score"] for t in tracks), reverse=True)
+        best = max(h["score"] for h in grouped["hits"] if h["track_id"] == tracks[0]["track_id"])
+        assert tracks[0]["score"] == best and tracks[0]["n_items"] == PER_TRACK
+        assert tracks[0]["identity_id"] is None
+        r = admin.post("/v1/search", files={"image": ("q.png", _crop(1, 99), "image/png")}, data={"group_by": "person"})
+        assert r.status_code in (400, 422)
+    assert link_main(["--gallery", str(gallery_dir)]) == 0
+    with _server(gallery_dir) as url, _client(url, READER) as client:
+        tracks = _search(client, [_crop(1, 99)], top_k=6, group_by="track")["tracks"]
+        assert tracks[0]["identity_id"] is not None and tracks[0]["identity_id"] == tracks[1]["identity_id"]
+
+
+def test_several_images_are_one_query_of_their_mean_embedding(gallery_dir):
+    with _server(gallery_dir) as url, _client(url) as admin:
+        _add_tracks(admin)
+        a, b = _crop(2, 50), _crop(0, 51)  # two different people: their mean is neither
+        e = [
+            np.array(admin.post("/v1/embed", files={"image": ("q.png", c, "image/png")}).json()["embedding"])
+            for c in (a, b)
+        ]
+        norm = float(np.linalg.norm(e[0] + e[1]))
+        single = [{h["id"]: h["score"] for h in _search(admin, [c], top_k=12)["hits"]} for c in (a, b)]
+        both = _search(admin, [a, b], top_k=12)["hits"]
+        assert len(both) == 12
+        for hit in both:  # <(e0 + e1) / |e0 + e1|, g> = (<e0, g> + <e1, g>) / |e0 + e1|
+            assert hit["score"] == pytest.approx((single[0][hit["id"]] + single[1][hit["id"]]) / norm, abs=1e-4)
+        r = admin.post("/v1/search", files=[("image", (f"{i}.png", a, "image/png")) for i in range(17)])
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameters"
