@@ -126,7 +126,9 @@ async def add_images(
     gallery: GalleryDep,
     response: Response,
     images: Annotated[list[UploadFile], File(min_length=1, description="one or more person crops: JPEG, PNG or WEBP")],
-    person_id: Annotated[list[NonEmpty], Form(min_length=1, description="one for all images, or one per image")],
+    person_id: Annotated[
+        list[NonEmpty], Form(description="one for all images, or one per image; none for crops of unknown people")
+    ] = None,
     camera_id: Annotated[list[str], Form(description="one for all images, or one per image")] = None,
     captured_at: Annotated[
         list[Timestamp], Form(description=f"{TIME_FORMS}; one for all images, or one per image")
@@ -170,7 +172,7 @@ async def add_images(
 async def _items(
     settings: SettingsDep,
     images: list[UploadFile],
-    person_id: list[str],
+    person_id: list[str] | None,
     camera_id: list[str] | None,
     captured_at: list[float] | None,
     track_id: list[str] | None,
@@ -186,7 +188,7 @@ async def _items(
     tracks = [t or None for t in _per_image(track_id, n, "track_id")]
     metas = _per_image(_metadata_fields(metadata), n, "metadata")
     metas = [_metadata(m, i, settings.metadata_limits) for i, m in enumerate(metas)]
-    if any(not p for p in people):
+    if any(p is not None and not p for p in people):
         raise APIError(422, "invalid_parameters", "person_id must not be empty")
     return [
         Item(

@@ -45,15 +45,16 @@ def _client(url: str, key: str = ADMIN) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60)
 
 
-def _add_tracks(client: httpx.Client) -> None:
-    """Person p walks past c1 at T0 + 100 p and past c2 a minute later; each pass is a track of PER_TRACK crops."""
+def _add_tracks(client: httpx.Client, *, named: bool = True) -> None:
+    """Person p walks past c1 at T0 + 100 p and past c2 a minute later; each pass is a track of PER_TRACK crops.
+    ``named``: the crops carry a person_id (else none, as footage has)."""
     for p in range(PEOPLE):
         for c, camera in enumerate(CAMERAS):
             start = T0 + 100 * p + 60 * c
             ks = [c * PER_TRACK + k for k in range(PER_TRACK)]
             files = [("images", (f"{k}.png", _crop(p, k), "image/png")) for k in ks]
             data = {
-                "person_id": f"person{p}",
+                **({"person_id": f"person{p}"} if named else {}),
                 "camera_id": camera,
                 "track_id": _track_id(p, camera),
                 "captured_at": [str(start + k) for k in range(PER_TRACK)],
@@ -94,7 +95,7 @@ def test_empty_gallery_answers_empty_lists_and_404s(gallery_dir):
 
 def test_tracks_listed_paged_linked_and_timelines(gallery_dir):
     with _server(gallery_dir) as url, _client(url) as admin, _client(url, READER) as client:
-        _add_tracks(admin)
+        _add_tracks(admin, named=False)  # no person_id: a person is unknown until linking or someone names them
         first = client.get("/v1/tracks", params={"limit": 4}).json()
         assert len(first["tracks"]) == 4 and first["next_cursor"] is not None
         tracks = _all_tracks(client, limit=4)
@@ -111,6 +112,7 @@ def test_tracks_listed_paged_linked_and_timelines(gallery_dir):
         detail = r.json()
         assert len(detail["items"]) == PER_TRACK and {i["track_id"] for i in detail["items"]} == {_track_id(1, "c2")}
         assert detail["best_item_id"] in {i["id"] for i in detail["items"]}
+        assert {i["person_id"] for i in detail["items"]} == {None}
         assert client.get("/v1/identities").json()["identities"] == []
 
     assert link_main(["--gallery", str(gallery_dir)]) == 0
