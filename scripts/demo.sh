@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on synthetic data: generate -> train -> export -> bulk-index -> serve -> search over HTTP.
-# Steps whose output already exists are skipped (FORCE=1 redoes them). Runs on CPU in about 15 minutes.
+# Steps whose output already exists are skipped (FORCE=1 redoes them); each step prints its time and a summary
+# lists them at the end. Runs on CPU: a few minutes on two cores, after make setup's installation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -11,34 +12,65 @@ GALLERY_DIR=${GALLERY_DIR:-galleries/demo}
 PORT=${PORT:-8000}
 TARGET_FAR=${TARGET_FAR:-0.1}  # the verdict's operating point: the demo model can support 10 %, not 1 %
 FORCE=${FORCE:-0}
+# OpenMP threads that wait passively: with every core in use, spinning threads stall whenever another process
+# takes a core (a training step 5-10x slower on a busy 2-core machine, measured), and sleeping ones do not.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 need() { [ "$FORCE" = 1 ] || [ ! -e "$1" ]; }
+now() { date +%s.%N; }
+STAGES=() DEMO_START=$(now) STAGE_START=""
+# begin NAME HEADING / end: one timed stage; skip NAME WHAT: a stage whose output WHAT exists
+begin() { STAGE_NAME=$1; STAGE_START=$(now); step "$2"; }
+end() {
+  local took
+  took=$(awk -v a="$STAGE_START" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+  STAGES+=("$(printf '%-24s %7s s' "$STAGE_NAME" "$took")")
+  printf '\033[1m-- %s: %s s\033[0m\n' "$STAGE_NAME" "$took"
+}
+skip() { STAGES+=("$(printf '%-24s %9s' "$1" "skipped")"); step "$1: $2 exists (FORCE=1 redoes it)"; }
+summary() {
+  printf '\n\033[1m== demo: time per stage\033[0m\n'
+  printf '%s\n' "${STAGES[@]}"
+  printf '%-24s %7s s  (make setup'"'"'s installation not included)\n' total \
+    "$(awk -v a="$DEMO_START" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
+}
+BUILT=0  # a stage rebuilt the model: the gallery must be rebuilt with it
 
 if need "$DATA/bounding_box_train"; then
-  step "1/5 synthetic data set -> $DATA"
+  begin "1/5 data" "1/5 synthetic data set -> $DATA"
   rm -rf "$DATA"
   $PY -m training.synth "$DATA" --ids 200 --cams 6 --seed 0
-else step "1/5 synthetic data set: $DATA exists"; fi
+  end
+else skip "1/5 data" "$DATA"; fi
 
 if need "$CKPT/meta.json"; then
-  step "2/5 train (configs/demo.yaml) -> $CKPT"
+  begin "2/5 train" "2/5 train (configs/demo.yaml) -> $CKPT"
   $PY -m training.train --config configs/demo.yaml data_root="$DATA" out_dir="$CKPT"
+  end
+  begin "2/5 baseline" "2/5 colour-histogram baseline (what training must beat)"
   $PY -m training.baseline "$DATA"
-else step "2/5 train: $CKPT exists"; fi
+  end
+  BUILT=1
+else skip "2/5 train" "$CKPT"; fi
 if ! grep -q '"operating_points"' "$CKPT/meta.json"; then
   # A checkpoint trained before training recorded the verdict's operating points: evaluate it once more to add
   # them (open set: DIR at FAR 0.1 / 0.01 / 0.001) and dir_far.png.
   $PY -m training.evaluate "$CKPT" --data "$DATA" --write-meta
 fi
 
-if need "$ARTIFACT/spec.json" || ! grep -q '"operating_points"' "$ARTIFACT/spec.json"; then
-  step "3/5 export -> $ARTIFACT"
+if [ "$BUILT" = 1 ] || need "$ARTIFACT/spec.json" || ! grep -q '"operating_points"' "$ARTIFACT/spec.json"; then
+  begin "3/5 export" "3/5 export -> $ARTIFACT"
   rm -rf "$ARTIFACT"
   $PY -m export "$CKPT" --out "$ARTIFACT" --data "$DATA"
-else step "3/5 export: $ARTIFACT exists"; fi
+  end
+  BUILT=1
+else skip "3/5 export" "$ARTIFACT"; fi
 
-step "4/5 bulk-index $DATA/bounding_box_test -> $GALLERY_DIR, a fifth of the people left out"
+# The gallery holds the artifact's embeddings: rebuilt when the artifact was, kept otherwise (with what was added
+# to it through the API since).
+if [ "$BUILT" = 1 ] || need "$GALLERY_DIR"; then
+begin "4/5 index" "4/5 bulk-index $DATA/bounding_box_test -> $GALLERY_DIR, a fifth of the people left out"
 # Who is left out is a seeded draw, not a choice: their queries must come back "unknown". Distractors (person 0)
 # go in without a person id, so they take places among the hits but are never an identity.
 rm -rf "$GALLERY_DIR"
@@ -68,8 +100,10 @@ EOF
 $PY -m ingestion.bulk "$DATA/demo_gallery.csv" --gallery "$GALLERY_DIR" --artifact "$ARTIFACT" --keep-crops
 # What the gallery's own people say (leave one identity out; a dry run: the searches below use the artifact's).
 .venv/bin/reid calibrate "$GALLERY_DIR" --far "$TARGET_FAR" --dry-run
+end
+else skip "4/5 index" "$GALLERY_DIR"; fi
 
-step "5/5 serve on 127.0.0.1:$PORT at target FAR $TARGET_FAR; search an enrolled person and one left out"
+begin "5/5 serve + search" "5/5 serve on 127.0.0.1:$PORT at target FAR $TARGET_FAR; search an enrolled person and one left out"
 REID_TARGET_FAR="$TARGET_FAR" REID_ARTIFACT="$ARTIFACT" REID_GALLERY_DIR="$GALLERY_DIR" REID_KEEP_CROPS=true \
   $PY -m server --host 127.0.0.1 --port "$PORT" --log-level warning &
 server=$!
@@ -124,4 +158,6 @@ EOF
 .venv/bin/reid --url "http://127.0.0.1:$PORT" stats
 stop_server
 trap - EXIT
-echo "demo: done"
+end
+summary
+echo "demo: done. make serve starts the same server (target FAR $TARGET_FAR, crops kept) on this gallery."

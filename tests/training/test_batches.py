@@ -1,5 +1,8 @@
 """The in-memory input path: decoded pixels equal the loader's, batch augmentation equals train_transform's ops."""
 
+from pathlib import Path
+
+import pytest
 import torch
 from torchvision.transforms import v2
 
@@ -7,6 +10,8 @@ from training.batches import BatchAugment, CachedBatches, cache_bytes, decode_al
 from training.config import load_config
 from training.data import ImageDataset, PKBatchSampler, eval_transform, read_dataset
 from training.train import Runtime, build_train_data
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _images(n: int = 6, h: int = 16, w: int = 8, seed: int = 0) -> torch.Tensor:
@@ -88,7 +93,14 @@ def test_cached_batches_follow_the_sampler(tiny_market):
 
 def test_the_memory_budget_picks_the_path(tiny_market, tmp_path):
     rt = Runtime(0, 1, torch.device("cpu"), amp=False)
-    base = [f"data_root={tiny_market}", "height=64", "width=32", "ids_per_batch=3", "images_per_id=2"]
+    base = [f"data_root={tiny_market}", "height=64", "width=32", "ids_per_batch=3", "images_per_id=2", "num_workers=0"]
     data = read_dataset(tiny_market)
     assert build_train_data(load_config(None, base), data, rt).cached
     assert not build_train_data(load_config(None, [*base, "cache_mb=0"]), data, rt).cached
+
+
+@pytest.mark.parametrize(("name", "train_images"), [("market1501", 12_936), ("duke", 16_522), ("msmt17", 30_248)])
+def test_the_full_recipes_keep_the_loader_with_workers(name, train_images):
+    """Their training sets at 384x192 exceed the default budget, so their input path is the DataLoader's, as before."""
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert cache_bytes(train_images, cfg.height, cfg.width) > cfg.cache_mb * 2**20 and cfg.num_workers > 0
