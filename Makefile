@@ -72,7 +72,7 @@ triton: setup ## start a local Triton Inference Server hosting ARTIFACT
 	$(PY) -m embedders.local_triton --artifact $(ARTIFACT)
 
 serve: setup ## start the API on HOST:PORT with ARTIFACT and GALLERY_DIR (embedded ONNX Runtime)
-	REID_ARTIFACT=$(ARTIFACT) REID_GALLERY_DIR=$(GALLERY_DIR) $(PY) -m server --host $(HOST) --port $(PORT)
+	REID_ARTIFACT=$(ARTIFACT) REID_GALLERY_DIR=$(GALLERY_DIR) REID_TARGET_FAR=$${REID_TARGET_FAR:-0.1} REID_KEEP_CROPS=$${REID_KEEP_CROPS:-true} $(PY) -m server --host $(HOST) --port $(PORT)
 
 index: setup ## bulk-index the crops in GALLERY into GALLERY_DIR with ARTIFACT, keeping them (GALLERY_DIR/crops)
 	$(PY) -m ingestion.bulk $(GALLERY) --gallery $(GALLERY_DIR) --artifact $(ARTIFACT) --keep-crops
