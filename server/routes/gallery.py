@@ -84,7 +84,7 @@ def _metadata_fields(values: list[str] | None) -> list | None:
     OpenAPI client sends an array of objects in a multipart form)."""
     if values and len(values) == 1 and values[0].lstrip().startswith("["):
         array = _parse_json(values[0], "metadata")
-        if isinstance(array, list) and array:
+        if isinstance(array, list) and array and all(isinstance(m, dict) for m in array):
             return array
     return values
 

@@ -23,7 +23,10 @@ router = APIRouter(prefix="/v1", tags=["search"])
 ImageUpload = Annotated[UploadFile, File(description="the query crop: JPEG, PNG or WEBP (recognised by content)")]
 QueryImages = Annotated[
     list[UploadFile],
-    File(description=f"the query crop, or up to {MAX_QUERY_IMAGES} crops of one person (one query: their mean)"),
+    File(
+        min_length=1,
+        description=f"the query crop, or up to {MAX_QUERY_IMAGES} crops of one person (one query: their mean)",
+    ),
 ]
 LISTS = f"{LIST_FORMS}; at most {MAX_FILTER_VALUES} values"
 
