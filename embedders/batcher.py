@@ -1,7 +1,7 @@
 """Group concurrent embedding calls into one model call, with the policy of Triton's dynamic batcher.
 
 Used by the in-process ONNX Runtime embedder, so that many concurrent requests make a few large session calls
-(throughput) rather than many small ones, while a lone request waits at most ``max_delay_s``.
+(throughput) rather than many small ones, while a request that arrives alone runs at once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ class MicroBatcher:
 
     Policy of Triton's dynamic batcher with one model instance: the worker takes queued requests until the
     batch holds max_batch rows or max_delay_s has passed since its oldest request arrived, then runs it; requests
-    arriving meanwhile wait for the next batch. A request is never split across batches (run splits oversized
+    arriving meanwhile wait for the next batch. One exception: a request that arrives alone at an idle batcher runs
+    at once (nothing else is queued, so a wait could only add latency). A request is never split across batches (run splits oversized
     ones itself). If run raises, every caller of that batch gets the exception.
     """
 
@@ -34,6 +35,8 @@ class MicroBatcher:
         self._queue: deque[tuple[np.ndarray, asyncio.Future, float]] = deque()
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._running = False  # a batch is in the model
+        self._head_arrived_idle = False  # the oldest queued request found the queue empty and no batch running
         self.batch_sizes: list[int] = []  # rows per run call, for tests and benchmarks
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
@@ -41,6 +44,8 @@ class MicroBatcher:
             self._arrived = asyncio.Event()
             self._worker = asyncio.create_task(self._work(), name="micro-batcher")
         future = asyncio.get_running_loop().create_future()
+        if not self._queue:
+            self._head_arrived_idle = not self._running
         self._queue.append((images, future, time.monotonic()))
         self._arrived.set()
         return await future
@@ -53,7 +58,10 @@ class MicroBatcher:
             while not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
-            close_at = self._queue[0][2] + self.max_delay_s
+            # A request that finds the batcher idle runs at once: waiting for company that is not coming would add
+            # max_delay to every request of a lone client. Requests that queued behind a running batch wait for it.
+            lone = self._head_arrived_idle and len(self._queue) == 1
+            close_at = self._queue[0][2] + (0.0 if lone else self.max_delay_s)
             while self._queued_rows() < self.max_batch and (wait := close_at - time.monotonic()) > 0:
                 self._arrived.clear()
                 try:
@@ -65,7 +73,12 @@ class MicroBatcher:
             while self._queue and rows + len(self._queue[0][0]) <= self.max_batch:
                 batch.append(self._queue.popleft())
                 rows += len(batch[-1][0])
-            await self._run_batch(batch)
+            self._head_arrived_idle = False  # whatever is still queued arrived while this batch was being formed
+            self._running = True
+            try:
+                await self._run_batch(batch)
+            finally:
+                self._running = False
 
     async def _run_batch(self, batch: list[tuple[np.ndarray, asyncio.Future, float]]) -> None:
         arrays = [images for images, _, _ in batch]

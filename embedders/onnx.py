@@ -23,7 +23,10 @@ from embedders.protocol import (
     EmbedderUnavailable,
     batch_slices,
 )
-from formats.spec import SPEC_KEY, ModelSpec
+from embedders.variants import FP32, Device, choose_variant
+from formats.spec import SPEC_KEY, ModelSpec, VariantSpec
+
+SPEC_FILE = "spec.json"  # beside the model files in an artifact folder (export.artifact writes it)
 
 
 def default_providers() -> list[str]:
@@ -53,24 +56,57 @@ def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
-class OnnxEmbedder(Embedder):
-    """ONNX Runtime embedder for an exported model.onnx (spec read from its metadata at start()).
+def providers_device(providers: list[str]) -> Device:
+    """Where a session with these providers runs its graph: the first provider decides."""
+    return "gpu" if providers and providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
 
-    max_batch caps the rows of one session call (default and upper bound: spec.max_batch_size; larger calls are
-    split); micro_batch=False runs each call on its own; max_delay_ms is how long a batch may wait for company.
+
+def read_artifact_spec(artifact: Path) -> ModelSpec | None:
+    """The spec.json of an artifact folder, or None when it has none (a bare model.onnx: served as it is)."""
+    path = Path(artifact) / SPEC_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ModelSpec.from_json(path.read_text())
+    except ValueError as e:
+        raise EmbedderBadResponse(f"{path} is not a valid spec: {e}") from e
+
+
+def artifact_variant(spec: ModelSpec, requested: str | None, providers: list[str] | None = None) -> VariantSpec:
+    """The variant of an artifact (its spec.json) that ONNX Runtime serves with these providers: ``requested``, or
+    the fastest passed one for the device they run on (embedders.variants.choose_variant); VariantRefused if none."""
+    device = providers_device(providers or default_providers())
+    return choose_variant(spec, device=device, requested=requested)
+
+
+class OnnxEmbedder(Embedder):
+    """ONNX Runtime embedder for an exported model (spec read from the model file's metadata at start()).
+
+    Either ``model_path`` (that file, served as it is) or ``artifact`` (a folder written by export/): then start()
+    serves the variant ``variant`` names, or by default the fastest one that passed its gates for this device
+    (embedders.variants), and ``variant`` says which it serves. max_batch caps the rows of one session call
+    (default and upper bound: spec.max_batch_size; larger calls are split); micro_batch=False runs each call on its
+    own; max_delay_ms is how long a batch of requests that queued behind a running one may wait for company.
     """
 
     def __init__(
         self,
-        model_path: Path | str,
+        model_path: Path | str | None = None,
         *,
+        artifact: Path | str | None = None,
+        variant: str | None = None,
         providers: list[str] | None = None,
         intra_op_threads: int | None = None,
         micro_batch: bool = True,
         max_batch: int | None = None,
         max_delay_ms: float = 0.5,  # as the exported Triton config (max_queue_delay_microseconds: 500)
     ) -> None:
-        self.model_path = Path(model_path)
+        if (model_path is None) == (artifact is None):
+            raise ValueError("give an ONNX model_path or an artifact folder, not both")
+        self.artifact = Path(artifact) if artifact is not None else None
+        self.model_path = Path(model_path) if model_path is not None else self.artifact / "model.onnx"
+        self.requested_variant = variant
+        self.variant = FP32 if variant is None else variant  # the served one, known after start()
         self.providers = providers
         self.intra_op_threads = intra_op_threads
         self.micro_batch = micro_batch
@@ -81,11 +117,20 @@ class OnnxEmbedder(Embedder):
         self._batcher: MicroBatcher | None = None
 
     async def start(self) -> None:
+        artifact_spec = None
+        if self.artifact is not None and (artifact_spec := read_artifact_spec(self.artifact)) is not None:
+            chosen = artifact_variant(artifact_spec, self.requested_variant, self.providers)  # VariantRefused
+            self.model_path = self.artifact / chosen.file
         if not self.model_path.is_file():
             raise EmbedderUnavailable(f"no ONNX model at {self.model_path}")
         session = await asyncio.to_thread(self._load_session)
         self.spec = spec_from_session(session)
         check_session_io(session, self.spec)  # a refused model is never served
+        if artifact_spec is not None and artifact_spec.model_id != self.spec.model_id:
+            raise EmbedderBadResponse(
+                f"{self.model_path.name} holds model {self.spec.model_id}, its artifact's spec {artifact_spec.model_id}"
+            )
+        self.variant = served_variant(self.spec, self.model_path.name)
         self._session = session
         self.max_batch = min(self.requested_max_batch or self.spec.max_batch_size, self.spec.max_batch_size)
         if self.micro_batch:
@@ -141,6 +186,11 @@ class OnnxEmbedder(Embedder):
     def batch_sizes(self) -> list[int]:
         """Rows per session call made by the micro-batcher (empty without micro-batching)."""
         return self._batcher.batch_sizes if self._batcher is not None else []
+
+
+def served_variant(spec: ModelSpec, file_name: str) -> str:
+    """The name of the variant recorded for this file in the spec; fp32 when none is (a spec older than version 3)."""
+    return next((v.name for v in spec.variants if v.file == file_name), FP32)
 
 
 def spec_from_session(session: ort.InferenceSession) -> ModelSpec:

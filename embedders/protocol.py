@@ -33,9 +33,11 @@ class EmbedderBadResponse(EmbedderError):  # noqa: N818
 
 
 class Embedder(ABC):
-    """``spec`` is known after ``start()``; ``embed`` takes a batch of images already resized to the spec's HxW."""
+    """``spec`` is known after ``start()``; ``embed`` takes a batch of images already resized to the spec's HxW.
+    ``variant``: which of the artifact's variants (``spec.variants``) computes the embeddings, also after start()."""
 
     spec: ModelSpec
+    variant: str = "fp32"
 
     @abstractmethod
     async def start(self) -> None:

@@ -32,6 +32,7 @@ from embedders.protocol import (
     EmbedderUnavailable,
     batch_slices,
 )
+from embedders.variants import FP32, SETTING, VariantRefused
 from formats.spec import SPEC_KEY, ModelSpec
 
 UNAVAILABLE_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED", "503"}
@@ -90,6 +91,7 @@ class TritonEmbedder(Embedder):
         retries: int = 2,
         backoff_s: float = 0.05,
         max_batch: int | None = None,
+        variant: str | None = None,
     ) -> None:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
@@ -101,6 +103,7 @@ class TritonEmbedder(Embedder):
         self._retired: set = set()  # clients replaced after a failure, closed a deadline later
         self.requested_max_batch = max_batch
         self.max_batch = 0  # known after start()
+        self.requested_variant = variant  # Triton serves what its repository holds: another name is refused
 
     # -- client lifecycle -------------------------------------------------------------------------------------
 
@@ -134,6 +137,12 @@ class TritonEmbedder(Embedder):
             self._client = self._new_client()
         config = await self._call(self._read_config)
         self.spec = spec_from_config(config, self.model_name)
+        self.variant = config_variant(config, self.spec)
+        if self.requested_variant and self.requested_variant != self.variant:
+            raise VariantRefused(
+                f"{SETTING}={self.requested_variant}: Triton model {self.model_name!r} serves variant {self.variant} "
+                "(its model repository decides; export the artifact with that variant served, or unset the setting)"
+            )
         limits = [int(config.get("max_batch_size") or 0), self.spec.max_batch_size, self.requested_max_batch or 0]
         self.max_batch = min(n for n in limits if n > 0)
 
@@ -240,6 +249,15 @@ def map_triton_error(error: InferenceServerException, url: str) -> EmbedderError
     if status in DEADLINE_STATUSES:
         return EmbedderDeadline(message)
     return EmbedderBadResponse(message)
+
+
+def config_variant(config: dict, spec: ModelSpec) -> str:
+    """The variant a Triton model config serves: the TensorRT plan's when its platform is tensorrt_plan, else the
+    fp32 ONNX model (the only ONNX file export/ puts in the model repository)."""
+    if config.get("platform") == "tensorrt_plan" or config.get("backend") == "tensorrt":
+        plan = next((v.name for v in spec.variants if v.runtime == "tensorrt"), None)
+        return plan or "tensorrt"
+    return FP32
 
 
 def spec_from_config(config: dict, model_name: str) -> ModelSpec:

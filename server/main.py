@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
 from embedders.base import Embedder
+from server import raw_search
 from server.console.routes import build_router as console_router
 from server.errors import install_error_handlers
 from server.metrics import Metrics, MetricsMiddleware
@@ -76,12 +77,14 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     )
     app.state.resources = resources
     install_error_handlers(app, settings.retry_after_s)
+    app.include_router(raw_search.router)  # before search.router: it takes the image-body requests of the same path
     app.include_router(search.router)
     app.include_router(gallery.router)
     app.include_router(tracks.router)
     app.include_router(identities.router)
     app.include_router(health.router)
     app.include_router(console_router(settings))
+    raw_search.document(app)
     return app
 
 

@@ -38,6 +38,12 @@ class Metrics:
             "reid_embed_batch_size", "Images per embedder call", buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.gallery_size = Gauge("reid_gallery_size", "Vectors in the gallery", registry=self.registry)
+        self.model_info = Gauge(
+            "reid_model_info",
+            "The served model: 1 for its model_id, variant (fp32, int8, fp16...) and backend",
+            ("model_id", "variant", "backend"),
+            registry=self.registry,
+        )
 
 
 def _plain_route(scope: Scope) -> str:

@@ -41,7 +41,9 @@ from formats.spec import ModelSpec
 from index import Gallery, open_gallery
 from index.crops import CropStore
 from index.errors import GalleryError, MissingLog, ModelMismatch
+from index.records import Hit, SearchFilter
 from server.metrics import Metrics
+from server.model_variant import INLINE_SEARCH_FLOATS, gallery_refusal, searches_inline
 from server.settings import Settings
 from server.startup import check_startup
 
@@ -87,6 +89,7 @@ class Resources:
                 triton_url=s.triton_url,
                 model_name=s.model_name,
                 protocol=s.triton_protocol,
+                variant=s.model_variant,
             )
         try:
             await self._start_once()
@@ -130,14 +133,21 @@ class Resources:
             log.error("gallery could not be opened: %s", exc)
             self.not_ready_reason = f"the gallery could not be opened ({type(exc).__name__})"
             return
+        if refusal := gallery_refusal(spec, self.embedder.variant, self.gallery):
+            log.error("gallery refused: %s", refusal)
+            self.not_ready_reason = refusal
+            await self._on_writer(self.gallery.close)
+            self.gallery = None
+            return
         await self._warm_readers()
         self.metrics.gallery_size.set(len(self.gallery))
+        self.metrics.model_info.labels(spec.model_id, self.embedder.variant, s.backend).set(1)
         self.served_embedder = ServedEmbedder(self.embedder, s, self.metrics)
         self.served_gallery = ServedGallery(
             self.gallery, self._gallery_readers, self._gallery_thread, s.crops_root, s.crops_max_bytes, self.metrics
         )
         self.not_ready_reason = ""
-        log.info("serving model %s with a gallery of %d", spec.model_id, len(self.gallery))
+        log.info("serving model %s (%s) with a gallery of %d", spec.model_id, self.embedder.variant, len(self.gallery))
 
     async def _warm_readers(self) -> None:
         """Start every search thread and let each make its per-thread state (the embedded store's SQLite reader)
@@ -214,6 +224,10 @@ class ServedEmbedder(Embedder):
     def spec(self) -> ModelSpec:  # type: ignore[override]  # the started embedder's, never a copy
         return self.inner.spec
 
+    @property
+    def variant(self) -> str:  # type: ignore[override]
+        return self.inner.variant
+
     async def start(self) -> None:
         await self.inner.start()
 
@@ -275,6 +289,13 @@ class ServedGallery:
     async def read(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """A call that only reads the gallery (search, get, records, find_hashes, stats, scan, calibration)."""
         return await asyncio.get_running_loop().run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
+
+    async def search(self, xq: np.ndarray, k: int, filters: SearchFilter | None, *, model_id: str) -> list[list[Hit]]:
+        """Gallery.search; on the event loop when the gallery is an exact index small enough that the search costs
+        less than the hop to a search thread (server.model_variant.searches_inline), else on the search pool."""
+        if searches_inline(self.gallery, INLINE_SEARCH_FLOATS):
+            return self.gallery.search(xq, k, filters, model_id=model_id)
+        return await self.read(self.gallery.search, xq, k, filters, model_id=model_id)
 
     async def write(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """A call that changes the gallery (add_new, remove) or keeps crops: one at a time."""

@@ -153,6 +153,9 @@ class GalleryStats(BaseModel):
     model_id: str
     dim: int
     index_type: str
+    variant: str | None = Field(
+        None, description="the model variant (fp32, int8, fp16...) that embeds this server's queries and additions"
+    )
     details: dict[str, Any] = {}
 
 
@@ -163,5 +166,6 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"]
     model_id: str
+    variant: str = Field(description="the served variant of the model (fp32, int8, fp16...; REID_MODEL_VARIANT)")
     backend: str
     gallery_size: int

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     triton_url: str | None = None
     triton_protocol: Literal["grpc", "http"] = "grpc"
     model_name: str | None = None  # Triton model name; defaults to the artifact folder's name
+    # Which of the artifact's variants to serve (fp32, int8, fp16...; spec.json "variants"). Unset: the fastest that
+    # passed its gates for this device and may share an fp32-built gallery (embedders.variants): INT8 on a CPU.
+    model_variant: str | None = None
 
     # The gallery: gallery_uri names it (a folder: the embedded faiss + SQLite store; milvus://HOST:PORT/COLLECTION:
     # a Milvus server; a path ending in .db: Milvus Lite), else the folder gallery_dir. Created with index_factory

@@ -231,12 +231,17 @@ async def _write(settings: SettingsDep, model: EmbedderDep, gallery: GalleryDep,
 
 
 @router.get("", response_model=GalleryStats, responses=error_responses(401, 403, 500, 503))
-async def gallery_stats(_: Reader, gallery: GalleryDep) -> GalleryStats:
+async def gallery_stats(_: Reader, gallery: GalleryDep, model: EmbedderDep) -> GalleryStats:
     """Size of the gallery, the model it was built with and its faiss index type."""
     stats = await gallery.read(gallery.gallery.stats)
     details = {key: stats[key] for key in STATS_DETAILS if key in stats}  # never the folder's path
     return GalleryStats(
-        count=stats["count"], model_id=stats["model_id"], dim=stats["dim"], index_type=stats["factory"], details=details
+        count=stats["count"],
+        model_id=stats["model_id"],
+        dim=stats["dim"],
+        index_type=stats["factory"],
+        variant=model.variant,
+        details=details,
     )
 
 

@@ -26,7 +26,11 @@ async def readyz(res: ResourcesDep) -> Readiness:
     if reason:
         raise APIError(503, "not_ready", reason, {"Retry-After": str(res.settings.retry_after_s)})
     return Readiness(
-        status="ready", model_id=res.spec.model_id, backend=res.settings.backend, gallery_size=len(res.gallery)
+        status="ready",
+        model_id=res.spec.model_id,
+        variant=res.embedder.variant,
+        backend=res.settings.backend,
+        gallery_size=len(res.gallery),
     )
 
 

@@ -99,7 +99,7 @@ async def search(
     xq, decode_s, embed_s = await embed_query(model, image)
     spec = model.spec
     t0 = time.perf_counter()
-    hits = (await gallery.read(gallery.gallery.search, xq, top_k, filters, model_id=spec.model_id))[0]
+    hits = (await gallery.search(xq, top_k, filters, model_id=spec.model_id))[0]
     search_s = time.perf_counter() - t0
     metrics.search_latency.observe(search_s)
 
@@ -153,7 +153,7 @@ async def _unmatched(
 
 async def _exists(gallery: GalleryDep, xq: np.ndarray, column: str, value: str, model_id: str) -> bool:
     only = SearchFilter(**{column: [value]})
-    return bool((await gallery.read(gallery.gallery.search, xq, 1, only, model_id=model_id))[0])
+    return bool((await gallery.search(xq, 1, only, model_id=model_id))[0])
 
 
 @router.post("/embed", response_model=EmbedResponse, responses=error_responses(*UPLOAD_ERRORS))
