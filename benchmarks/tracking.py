@@ -61,6 +61,9 @@ VARIANTS: dict[str, dict] = {
     "activation_0.5": {"activation_threshold": 0.5},
     "lost_1s": {"lost_seconds": 1.0},
     "lost_4s": {"lost_seconds": 4.0},
+    "match_0.9_lost_4s": {"matching_threshold": 0.9, "lost_seconds": 4.0},
+    "match_0.95": {"matching_threshold": 0.95},
+    "activation_0.3_match_0.9": {"activation_threshold": 0.3, "matching_threshold": 0.9},
 }
 
 
