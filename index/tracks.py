@@ -105,7 +105,7 @@ class TrackTables:
     """The embedded gallery's track methods (a mixin of index.gallery.Gallery: ``_store``, ``_write_mutex``,
     ``dim``, ``readonly``, ``_check_open`` and ``_check_writable`` are the gallery's)."""
 
-    _tracks_schema_done = False
+    _tracks_mark: tuple[int, int] | None = None  # (last item id, last removal seq) the tables have taken in
 
     # -- keeping the tables up to date (caller holds the write mutex) ------------------------------------------
 
@@ -121,19 +121,28 @@ class TrackTables:
         if self.readonly:
             return
         conn = self._store.writer
-        if not self._tracks_schema_done:
+        if self._tracks_mark is None:
             conn.executescript(SCHEMA)
-            self._tracks_schema_done = True
+            setting = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'tracks.%'").fetchall())
+            self._tracks_mark = (int(setting.get(LAST_ID, 0)), int(setting.get(LAST_SEQ, 0)))
+        last_id, last_seq = self._tracks_mark
+        top_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0]
+        top_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM removals").fetchone()[0]
+        gone = [r[0] for r in conn.execute("SELECT id FROM removals WHERE seq > ?", (last_seq,))]
+        tracked = conn.execute("SELECT 1 FROM items WHERE id > ? AND track_id IS NOT NULL LIMIT 1", (last_id,))
+        if tracked.fetchone() is None and not self._tracked(conn, gone):
+            # Nothing for the tables: the watermark moves in memory only (rows without a track are skipped again
+            # by the next open's catch-up, at the cost of a range scan), and the write pays no second commit.
+            self._tracks_mark = (max(top_id, last_id), max(top_seq, last_seq))
+            return
+        # A derived view: its commit need not reach the disk before the write returns (a lost one is caught up
+        # from the log on open, the watermark with it), so it costs no second fsync; the next FULL commit syncs it.
+        conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            setting = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'tracks.%'").fetchall())
-            last_id, last_seq = int(setting.get(LAST_ID, 0)), int(setting.get(LAST_SEQ, 0))
-            top_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0]
-            top_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM removals").fetchone()[0]
             if top_id > last_id:
                 self._tracks_take_in(conn, last_id)
-            if top_seq > last_seq:
-                gone = [r[0] for r in conn.execute("SELECT id FROM removals WHERE seq > ?", (last_seq,))]
+            if gone:
                 self._tracks_drop(conn, gone)
             conn.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
@@ -143,6 +152,17 @@ class TrackTables:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
+        self._tracks_mark = (max(top_id, last_id), max(top_seq, last_seq))
+
+    @staticmethod
+    def _tracked(conn: sqlite3.Connection, item_ids: list[int]) -> bool:
+        for chunk in _chunks(item_ids):
+            marks = ",".join("?" * len(chunk))
+            if conn.execute(f"SELECT 1 FROM track_items WHERE item_id IN ({marks}) LIMIT 1", chunk).fetchone():
+                return True
+        return False
 
     def _tracks_take_in(self, conn: sqlite3.Connection, after_id: int) -> None:
         cursor = conn.execute(
