@@ -302,14 +302,17 @@ def growth_records(start: int, m: int) -> list[Record]:
     ]
 
 
-def fill_growth(gallery, n: int, dim: int, xq: np.ndarray, filters: dict, clusters: int) -> tuple[float, dict]:
+def fill_growth(gallery, n: int, dim: int, xq: np.ndarray, filters: dict, clusters: int) -> tuple[float, dict, dict]:
     """Fill through Gallery.add (the normal path, builds starting on their own thread as it grows); the exact
     (filtered) top K of ``xq`` over the same chunks."""
     heaps = {name: faiss.ResultHeap(len(xq), K, keep_max=True) for name in filters}
+    adds = []  # seconds per add of FILL_BATCH items: the longest ones waited for a switch's catch-up and snapshot
     t0 = time.perf_counter()
     for start, xb in growth_chunks(n, dim, clusters, seed=n):
         records = growth_records(start, len(xb))
+        t1 = time.perf_counter()
         ids = np.asarray(gallery.add(xb, records, model_id=MODEL), dtype=np.int64)
+        adds.append(time.perf_counter() - t1)
         scores = xq @ xb.T
         for name, f in filters.items():
             keep = np.ones(len(xb), bool) if f is None else np.array([f.matches(r) for r in records])
@@ -318,7 +321,8 @@ def fill_growth(gallery, n: int, dim: int, xq: np.ndarray, filters: dict, cluste
     fill_s = time.perf_counter() - t0
     for h in heaps.values():
         h.finalize()
-    return fill_s, {name: h.I for name, h in heaps.items()}
+    add_s = {"median": round(float(np.median(adds)), 2), "max": round(max(adds), 2), "batch": FILL_BATCH}
+    return fill_s, {name: h.I for name, h in heaps.items()}, add_s
 
 
 def searches_at(gallery, xq: np.ndarray, f, concurrency: int) -> tuple[dict, list[list[int]]]:
@@ -351,12 +355,13 @@ def bench_growth(folder: Path, n: int, dim: int, args) -> dict:
     before = rss_bytes()
     gallery = Gallery.create(folder / f"growth_{n}", model_id=MODEL, dim=dim, factory=args.growth_factory)
     try:
-        fill_s, truth = fill_growth(gallery, n, dim, xq, filters, args.clusters)
+        fill_s, truth, add_s = fill_growth(gallery, n, dim, xq, filters, args.clusters)
         t0 = time.perf_counter()
         if gallery._growth is not None:
             gallery._growth.wait()  # the last build the fill started
         result = {"n": n, "dim": dim, "factory": args.growth_factory, "fill_s": round(fill_s, 1)}
         result["fill_items_per_s"] = round(n / fill_s, 1)
+        result["add_seconds"] = add_s
         result["wait_last_build_s"] = round(time.perf_counter() - t0, 1)
         stats = gallery.stats()
         result["index_choice"] = stats["index_choice"]

@@ -137,19 +137,29 @@ def _as_time(value) -> float:
     return math.nan  # None, or a value an older version stored that reads as no time (index/store.py)
 
 
-def search(index, xq: np.ndarray, k: int, threads: int, nprobe: int | None, selection: Selection | None):
+def search(
+    index, xq: np.ndarray, k: int, threads: int, nprobe: int | None, selection: Selection | None, boost: int = 1
+):
     """D, I of ``index`` kept to ``selection`` (None: every id), nprobe scaled to the fraction it keeps."""
     if selection is None:
         return faiss_index.search(index, xq, k, threads, nprobe=nprobe)
     if isinstance(index, faiss.IndexIVF):
-        nprobe = scaled_nprobe(nprobe or index.nprobe, selection.fraction, index.nlist)
+        nprobe = scaled_nprobe(nprobe or index.nprobe, selection.fraction, index.nlist, boost)
     return faiss_index.search(index, xq, k, threads, sel=selection.sel, nprobe=nprobe)
 
 
-def scaled_nprobe(nprobe: int, fraction: float, nlist: int) -> int:
+def scaled_nprobe(nprobe: int, fraction: float, nlist: int, boost: int = 1) -> int:
     """nprobe for a filter keeping ``fraction`` of the gallery: as many lists as hold, on average, the candidates
-    ``nprobe`` lists hold unfiltered. Skipping the ids a filter leaves out costs a bitmap lookup each, so even all
-    lists at 1 % stays cheap, where a fixed nprobe would find too few of the ids the filter keeps."""
+    ``nprobe`` lists hold unfiltered, times ``boost`` (a filter's top k lies deeper in the neighbour ranking, so
+    farther from the query: index.growth measures the boost that keeps recall). Skipping the ids a filter leaves
+    out costs a bitmap lookup each, so even all lists at 1 % stays cheap."""
     if fraction <= 0:
         return 1
-    return int(min(nlist, max(nprobe, math.ceil(nprobe / fraction))))
+    return int(min(nlist, max(nprobe, math.ceil(nprobe * boost / fraction))))
+
+
+def bitmap_selection(mask: np.ndarray) -> Selection:
+    """A selection from a boolean mask indexed by id (index.growth measures filtered recall with one)."""
+    bitmap = np.packbits(mask, bitorder="little")
+    kept = int(mask.sum())
+    return Selection(faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)), bitmap, kept, kept / max(1, len(mask)))

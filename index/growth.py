@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 K = 10  # recall@K is what the policy measures and targets
 NPROBES = (4, 8, 16, 32, 64, 128, 256)  # tried in order until the held-out recall reaches the target
+BOOSTS = (1, 2, 4, 8, 16)  # filtered nprobe multiples (filters_faiss.scaled_nprobe), tried in order likewise
+FILTER_KEEPS = 16  # the filtered recall is measured with a pseudo-random 1/16 of the ids (a camera of 16)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class Choice:
     recall_at_10: float | None = None  # measured on held-out items of the gallery's own, vs exact search
     recall_queries: int = 0
     nprobe: int | None = None
+    filter_recall_at_10: float | None = None  # the same, within a pseudo-random 1/16 of the items
+    filter_boost: int = 1  # filtered searches probe nprobe x this / the fraction kept (filters_faiss)
     rerank: int = 0  # shortlist multiple re-ranked exactly (0: none, the index is exact)
     build_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -135,7 +139,8 @@ class Grower:
         nprobe = g.nprobe or self.choice.nprobe
         compressed = isinstance(index, faiss.IndexIVFScalarQuantizer)
         shortlist = k * self.policy.rerank if compressed else k
-        D, I = filters_faiss.search(index, xq, shortlist, g.threads, nprobe, selection)  # noqa: E741, N806
+        boost = self.choice.filter_boost
+        D, I = filters_faiss.search(index, xq, shortlist, g.threads, nprobe, selection, boost)  # noqa: E741, N806
         if not compressed:
             return D, I
         return rerank(xq, I, k, lambda ids: g._store.vectors_of(ids, g.dim))
@@ -219,7 +224,10 @@ class Grower:
                 if truth is None:
                     return None
                 choice.train_size, choice.rerank, choice.recall_queries = len(xt), self.policy.rerank, len(xq)
-                choice.nprobe, choice.recall_at_10 = self._tune(index, xq, truth, conn)
+                choice.nprobe, choice.recall_at_10 = self._tune(index, xq, truth[0], conn)
+                choice.filter_boost, choice.filter_recall_at_10 = self._tune_filtered(
+                    index, xq, truth[1], truth[0][:, 0], conn, choice.nprobe, last_id
+                )
         choice.build_seconds = round(time.perf_counter() - started, 2)
         return index, choice, last_id, last_seq
 
@@ -232,17 +240,40 @@ class Grower:
         xs = xs[rng.permutation(len(xs))]
         return xs[: self.policy.holdout], xs[self.policy.holdout :][:train]
 
-    def _fill(self, conn, index, xq: np.ndarray) -> np.ndarray | None:
+    def _fill(self, conn, index, xq: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Add every live vector of the view to ``index``; returns the exact top K+1 ids of ``xq`` over the same
-        pass (the queries are items of the gallery: each finds itself first), None if stopped."""
-        truth = faiss.ResultHeap(len(xq), K + 1, keep_max=True)
+        pass (the queries are items of the gallery: each finds itself first), and the same within the ids of
+        ``kept_ids``; None if stopped."""
+        truth = [faiss.ResultHeap(len(xq), K + 1, keep_max=True) for _ in range(2)]
         for ids, xb in self.gallery._store.vectors_after(conn, 0, self.gallery.dim):
             if self._stop.is_set():
                 return None
             index.add_with_ids(xb, ids)
-            truth.add_result(xq @ xb.T, np.ascontiguousarray(np.broadcast_to(ids, (len(xq), len(ids)))))
-        truth.finalize()
-        return truth.I
+            scores = xq @ xb.T
+            keep = kept_ids(ids)
+            for heap, cols in ((truth[0], slice(None)), (truth[1], keep)):
+                chosen = ids[cols]
+                heap.add_result(np.ascontiguousarray(scores[:, cols]), np.tile(chosen, (len(xq), 1)))
+        for heap in truth:
+            heap.finalize()
+        return truth[0].I, truth[1].I
+
+    def _tune_filtered(self, index, xq, truth_ids, own, conn, nprobe: int, last_id: int) -> tuple[int, float]:
+        """The smallest boost whose filtered, re-ranked recall@K within kept_ids reaches the target (or the best)."""
+        g = self.gallery
+        mask = np.zeros(last_id + 1, dtype=bool)
+        mask[kept_ids(np.arange(last_id + 1, dtype=np.int64))] = True
+        selection = filters_faiss.bitmap_selection(mask)
+        best = (BOOSTS[0], 0.0)
+        for boost in BOOSTS:
+            _, shortlist = filters_faiss.search(index, xq, K * self.policy.rerank, g.threads, nprobe, selection, boost)
+            _, found = rerank(xq, shortlist, K + 1, lambda ids: g._store.vectors_of(ids, g.dim, conn))
+            recall = recall_at(found, truth_ids, K, own)
+            if recall > best[1]:
+                best = (boost, recall)
+            if recall >= self.policy.target_recall:
+                break
+        return best[0], round(best[1], 4)
 
     def _tune(self, index, xq: np.ndarray, truth_ids: np.ndarray, conn) -> tuple[int, float]:
         """The smallest nprobe whose re-ranked recall@K on the held-out queries reaches the target (or the best)."""
@@ -253,7 +284,7 @@ class Grower:
                 break
             _, shortlist = faiss_index.search(index, xq, K * self.policy.rerank, g.threads, nprobe=nprobe)
             _, found = rerank(xq, shortlist, K + 1, lambda ids: g._store.vectors_of(ids, g.dim, conn))
-            recall = recall_at(found, truth_ids, K)
+            recall = recall_at(found, truth_ids, K, truth_ids[:, 0])
             if recall > best[1]:
                 best = (nprobe, recall)
             if recall >= self.policy.target_recall:
@@ -299,13 +330,18 @@ def rerank(xq: np.ndarray, shortlist: np.ndarray, k: int, vectors_of) -> tuple[n
     return D, I
 
 
-def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean recall@k of ``found`` against ``truth`` per row, each row's own query id (its top hit in ``truth``,
-    as the queries are the gallery's own items) left out of both."""
+def kept_ids(ids: np.ndarray) -> np.ndarray:
+    """Positions of the ids a pseudo-random filter keeps (1 in FILTER_KEEPS; a multiplicative hash, so unrelated
+    to the order, camera or time items came in)."""
+    return np.nonzero(((ids.astype(np.uint64) * np.uint64(2654435761)) >> np.uint64(7)) % FILTER_KEEPS == 0)[0]
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int, own: np.ndarray) -> float:
+    """Mean recall@k of ``found`` against ``truth`` per row, each row's query's own id (``own``: the queries are
+    the gallery's own items, the top of an unfiltered exact search) left out of both."""
     scores = []
-    for f, t in zip(found, truth, strict=True):
-        own = t[0]
-        want = [i for i in t if i != own and i >= 0][:k]
-        got = [i for i in f if i != own and i >= 0][:k]
+    for f, t, me in zip(found, truth, own, strict=True):
+        want = [i for i in t if i != me and i >= 0][:k]
+        got = [i for i in f if i != me and i >= 0][:k]
         scores.append(len(set(want) & set(got)) / max(1, len(want)))
     return float(np.mean(scores)) if scores else 0.0
