@@ -9,11 +9,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypeVar
+from urllib.parse import quote
 
 import httpx
 
 from client.errors import ConnectionFailed, ReIDError, error_from_response
 from client.models import AddResult, Embedding, GalleryItem, GalleryStats, Readiness, SearchResult
+from client.track_models import IdentityPage, Timeline, TrackDetail, TrackPage
 
 T = TypeVar("T")
 ImageInput = str | os.PathLike | bytes | BinaryIO  # a file path, the encoded bytes, or an open binary file
@@ -46,10 +48,12 @@ class _Call(Generic[T]):
     data: dict[str, Any] = field(default_factory=dict)
     files: list[tuple[str, tuple[str, bytes, str]]] | None = None
     ok_statuses: tuple[int, ...] = ()  # non-2xx statuses that are an answer, not an error (readyz 503)
+    params: dict[str, Any] | None = None  # the query string (GET)
 
     def kwargs(self) -> dict[str, Any]:
         data = {k: v for k, v in self.data.items() if v is not None}
-        return {"data": data or None, "files": self.files}
+        params = {k: v for k, v in (self.params or {}).items() if v is not None}
+        return {"data": data or None, "files": self.files, **({"params": params} if params else {})}
 
 
 def _json(parse: Callable[[dict], T]) -> Callable[[httpx.Response], T]:
@@ -127,6 +131,22 @@ class _Calls:
         return _Call("GET", "/v1/gallery", _json(GalleryStats.from_json))
 
     @staticmethod
+    def tracks(**filters: Any) -> _Call[TrackPage]:
+        return _Call("GET", "/v1/tracks", _json(TrackPage.from_json), params=filters)
+
+    @staticmethod
+    def track(track_id: str) -> _Call[TrackDetail]:
+        return _Call("GET", f"/v1/tracks/{quote(str(track_id), safe='')}", _json(TrackDetail.from_json))
+
+    @staticmethod
+    def identities(**filters: Any) -> _Call[IdentityPage]:
+        return _Call("GET", "/v1/identities", _json(IdentityPage.from_json), params=filters)
+
+    @staticmethod
+    def identity(identity_id: int) -> _Call[Timeline]:
+        return _Call("GET", f"/v1/identities/{int(identity_id)}", _json(Timeline.from_json))
+
+    @staticmethod
     def health() -> _Call[bool]:
         return _Call("GET", "/healthz", lambda r: r.json().get("status") == "ok")
 
@@ -191,6 +211,21 @@ class ReIDClient:
     def stats(self) -> GalleryStats:
         return self._send(_Calls.stats())
 
+    def tracks(self, **filters: Any) -> TrackPage:
+        """One page of tracks; filters: camera_id, time_from, time_to, limit, cursor (a page's next_cursor)."""
+        return self._send(_Calls.tracks(**filters))
+
+    def track(self, track_id: str) -> TrackDetail:
+        return self._send(_Calls.track(track_id))
+
+    def identities(self, **filters: Any) -> IdentityPage:
+        """One page of identities; filters: camera_id, time_from, time_to, limit, cursor."""
+        return self._send(_Calls.identities(**filters))
+
+    def identity(self, identity_id: int) -> Timeline:
+        """A person's timeline: their tracks in time order."""
+        return self._send(_Calls.identity(identity_id))
+
     def health(self) -> bool:
         return self._send(_Calls.health())
 
@@ -253,6 +288,18 @@ class AsyncReIDClient:
 
     async def stats(self) -> GalleryStats:
         return await self._send(_Calls.stats())
+
+    async def tracks(self, **filters: Any) -> TrackPage:
+        return await self._send(_Calls.tracks(**filters))
+
+    async def track(self, track_id: str) -> TrackDetail:
+        return await self._send(_Calls.track(track_id))
+
+    async def identities(self, **filters: Any) -> IdentityPage:
+        return await self._send(_Calls.identities(**filters))
+
+    async def identity(self, identity_id: int) -> Timeline:
+        return await self._send(_Calls.identity(identity_id))
 
     async def health(self) -> bool:
         return await self._send(_Calls.health())

@@ -217,6 +217,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+def cmd_link(args: argparse.Namespace) -> int:
+    # Reads and writes the gallery itself (no server): ingestion.link runs as a child, as ingestion.bulk does.
+    if args.gallery is not None:
+        gallery_location(args.gallery, "the gallery")
+    command = [sys.executable, "-m", "ingestion.link", "--far", str(args.far)]
+    command += ["--gallery", args.gallery] * (args.gallery is not None) + ["--full"] * args.full
+    command += ["--topology", str(args.topology)] * (args.topology is not None) + ["--json"] * args.json
+    return subprocess.call(command)
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from client import timeline  # matplotlib only when a picture is drawn (inside timeline.draw)
+
+    with _client(args) as reid:
+        found = reid.identity(args.identity_id)
+    print("\n".join(timeline.lines(found)))
+    if args.show is not None:
+        out = timeline.show(args.url, args.api_key, args.timeout, found, args.show, args.crops)
+        print(f"picture: {out}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.triton and args.artifact is None:
         raise UsageError("reid serve --triton needs --artifact (its model repository is served)")
@@ -349,6 +371,28 @@ def _add_calibrate_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_calibrate)
 
 
+def _add_link_command(sub: argparse._SubParsersAction) -> None:
+    """reid link: tracks into identities (ingestion.link), on the gallery itself."""
+    p = sub.add_parser(
+        "link", help="link the gallery's tracks into identities across cameras (ingestion.link); stop the server first"
+    )
+    p.add_argument("--gallery", help="gallery folder, Milvus Lite .db file or milvus:// URI (REID_GALLERY_URI/DIR)")
+    p.add_argument("--topology", type=Path, help="camera pairs with transit seconds, JSON or YAML (default: learned)")
+    p.add_argument("--far", type=float, default=0.01, help="false-link rate the threshold is set for")
+    p.add_argument("--full", action="store_true", help="relink every track (default: tracks without an identity)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_link)
+
+
+def _add_timeline_command(sub: argparse._SubParsersAction) -> None:
+    """reid timeline ID: where and when a person was seen."""
+    p = sub.add_parser("timeline", help="a person's timeline: their tracks by camera and time (GET /v1/identities/ID)")
+    p.add_argument("identity_id", type=int, help="the identity (reid link, GET /v1/identities)")
+    p.add_argument("--show", type=Path, metavar="OUT.png", help="also draw the tracks' best crops with their times")
+    p.add_argument("--crops", type=Path, help="the indexed folder, for crops the server did not keep")
+    p.set_defaults(run=cmd_timeline)
+
+
 def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     """reid serve: the API, and a local Triton with --triton."""
     p = sub.add_parser("serve", help="start the API (and, with --triton, a local Triton server)")
@@ -381,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index_command(sub)
     _add_gallery_command(sub)
     _add_calibrate_command(sub)
+    _add_link_command(sub)
+    _add_timeline_command(sub)
     _add_serve_command(sub)
     return parser
 
