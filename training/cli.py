@@ -5,6 +5,7 @@
     python -m training.evaluate CHECKPOINT --data DIR [--protocol standard|apnet] [--rerank] [--write-meta]
     python -m training.baseline data/synth
     python -m training.viz CHECKPOINT --data DIR --out runs/viz [--num 6] [--top 10]
+    python -m training.adapt --gallery DIR|URI --checkpoint CKPT --out NEW [--time-from ISO] [--time-to ISO]
 
 Each module's ``if __name__ == "__main__"`` calls its function here. The library modules are imported inside
 each command, so ``python -m training.synth`` (OpenCV and numpy only) does not pay for loading torch.
@@ -173,3 +174,115 @@ def viz_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for path in visualise(args.checkpoint, args.data, args.out, args.num, args.top):
         print(f"wrote {path}")
+
+
+def _iso_seconds(text: str) -> float:
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r} (e.g. 2026-12-07T14:02:00+01:00)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _adapt_parser() -> argparse.ArgumentParser:
+    from training.adapt import AdaptConfig
+
+    d = AdaptConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m training.adapt",
+        description="Adapt a checkpoint to a gallery's footage from its own tracks (no labels).",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gallery", help="gallery folder or URI whose kept crops of tracks are learnt from")
+    source.add_argument("--track-set", type=Path, help="a folder python -m ingestion.track_dataset wrote")
+    p.add_argument("--crops-dir", help="the gallery's crop store (default: <gallery>/crops)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder to start from")
+    p.add_argument("--out", required=True, type=Path, help="new checkpoint folder")
+    p.add_argument("--time-from", help="first capture time learnt from (ISO-8601)")
+    p.add_argument("--time-to", help="last capture time learnt from (ISO-8601)")
+    p.add_argument(
+        "--eval-data",
+        default="auto",
+        help="labelled data set evaluated before and after: what the adaptation gave up there (auto: data/synth "
+        "when it is there; none: no evaluation)",
+    )
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--merge-threshold", type=float, default=d.merge_threshold, help="cosine distance; 0: no merging")
+    p.add_argument("--freeze-stages", type=int, default=d.freeze_stages)
+    p.add_argument("--min-tracks", type=int, default=d.requirements.min_tracks)
+    p.add_argument("--min-crops", type=int, default=d.requirements.min_crops)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--seed", type=int, default=d.seed)
+    return p
+
+
+def _export_track_set(args: argparse.Namespace, folder: Path) -> None:
+    """The gallery side writes the window's tracked crops (a child process: training never opens a gallery)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "ingestion.track_dataset", "--gallery", str(args.gallery), "--out", str(folder)]
+    for flag, value in (("--time-from", args.time_from), ("--time-to", args.time_to), ("--crops-dir", args.crops_dir)):
+        if value:
+            command += [flag, value]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"training.adapt: the gallery export failed: {done.stderr.strip() or done.stdout.strip()}")
+    print(done.stdout.strip())
+
+
+def adapt_main(argv: list[str] | None = None) -> None:
+    import tempfile
+
+    from training.adapt import AdaptConfig, adapt
+    from training.adapt_data import NotEnoughData, Requirements
+
+    args = _adapt_parser().parse_args(argv)
+    window = [_iso_seconds(t) if t else None for t in (args.time_from, args.time_to)]
+    if None not in window and window[1] < window[0]:
+        raise SystemExit("training.adapt: --time-to is before --time-from")
+    eval_data = None if args.eval_data == "none" else args.eval_data
+    if args.eval_data == "auto":
+        eval_data = "data/synth" if Path("data/synth/query").is_dir() else None
+    cfg = AdaptConfig(
+        steps=args.steps,
+        lr=args.lr,
+        merge_threshold=args.merge_threshold,
+        freeze_stages=args.freeze_stages,
+        threads=args.threads,
+        seed=args.seed,
+        requirements=Requirements(min_tracks=args.min_tracks, min_crops=args.min_crops),
+    )
+    _log_to_stdout()
+    source = {"gallery": args.gallery} if args.gallery else {"track_set": str(args.track_set)}
+    source |= {"time_from": args.time_from, "time_to": args.time_to}
+    with tempfile.TemporaryDirectory(prefix="adapt-tracks-") as tmp:
+        folder = args.track_set or Path(tmp) / "tracks"
+        if args.gallery:
+            _export_track_set(args, folder)
+        try:
+            report = adapt(
+                args.checkpoint,
+                folder,
+                args.out,
+                cfg,
+                source=source,
+                time_from=window[0],
+                time_to=window[1],
+                eval_data=eval_data,
+            )
+        except NotEnoughData as exc:
+            raise SystemExit(f"training.adapt: {exc}") from None
+    counts = report["counts"]
+    print(
+        f"adapted {args.checkpoint} on {counts['crops']} crops of {counts['tracks']} tracks "
+        f"({counts['pseudo_identities']} pseudo-identities) in {report['seconds']:.0f} s: {args.out}"
+    )
+    if "evaluation" in report:
+        e = report["evaluation"]
+        print(
+            f"on {e['data']}: rank-1 {e['before']['rank1']:.3f} -> {e['after']['rank1']:.3f}, "
+            f"mAP {e['before']['mAP']:.3f} -> {e['after']['mAP']:.3f} (what the adaptation gave up there)"
+        )
