@@ -1,7 +1,8 @@
 """Tracks and identities through HTTP: tracks added over the API with track_id, camera_id and captured_at are
-listed and paged, linked by ``python -m ingestion.link`` (its main, on the gallery folder while the server is
-stopped: an embedded gallery has one writer), and the identities' timelines are served; an erased track is never
-brought back by a relink. The real app under uvicorn with the fake embedder (a crop's vector is its thumbnail)."""
+listed and paged, linked by ``python -m ingestion.link`` (its main, on the gallery while the server is stopped: an
+embedded gallery has one writer), and the identities' timelines are served; an erased track is never brought back
+by a relink. The real app under uvicorn with the fake embedder (a crop's vector is its thumbnail), on a gallery
+folder and on a Milvus Lite file."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def _track_id(person: int, camera: str) -> str:
 
 
 def _server(gallery_dir) -> LiveServer:
-    settings = gallery_settings(gallery_dir, admin_keys=ADMIN, read_keys=READER)
+    """The app on a gallery folder, or on a Milvus Lite file (a name ending in .db)."""
+    where = {"gallery_uri": str(gallery_dir)} if str(gallery_dir).endswith(".db") else {}
+    settings = gallery_settings(gallery_dir, admin_keys=ADMIN, read_keys=READER, **where)
     return LiveServer(settings, embedder=FakeEmbedder())
 
 
@@ -75,8 +78,11 @@ def _all_tracks(client: httpx.Client, **params) -> list[dict]:
             return out
 
 
-@pytest.fixture
-def gallery_dir(tmp_path):
+@pytest.fixture(params=["folder", "milvus-lite"])
+def gallery_dir(request, tmp_path):
+    if request.param == "milvus-lite":
+        pytest.importorskip("milvus_lite", reason="Milvus Lite is in the milvus extra (make setup installs it)")
+        return tmp_path / "gallery.db"
     return tmp_path / "gallery"
 
 
