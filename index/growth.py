@@ -15,6 +15,7 @@ What it chose (factory, when, items, training size, measured recall, nprobe, bui
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import threading
@@ -308,7 +309,17 @@ class Grower:
             self.choice = replace(choice, extra={"caught_up_rows": int(index.ntotal) - choice.items})
             g._dirty += 1
             g._write_snapshot()
+        release_freed_memory()
         log.info("gallery %s now serves %s (recall@10 %s)", g.path, choice.factory, choice.recall_at_10)
+
+
+def release_freed_memory() -> None:
+    """Hand the old index's freed memory back to the OS (glibc keeps freed blocks in its arenas: measured at 1M,
+    the writer's RSS stayed ~0.8 KB an item above what it serves after the builds). A no-op without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def rerank(xq: np.ndarray, shortlist: np.ndarray, k: int, vectors_of) -> tuple[np.ndarray, np.ndarray]:
