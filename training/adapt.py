@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.adapt_data import Requirements, merge_tracks, read_track_set, sure_negatives, usable_tracks
+from training.adapt_data import (
+    Requirements,
+    TogetherSampler,
+    label_negatives,
+    merge_tracks,
+    read_track_set,
+    sure_negatives,
+    usable_tracks,
+)
 from training.batches import BatchAugment, CachedBatches, decode_all
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import PKBatchSampler, Sample, read_dataset
@@ -48,6 +56,7 @@ class AdaptConfig:
     ids_per_batch: int = 8  # P pseudo-identities a batch
     images_per_id: int = 4  # K crops of each
     merge_threshold: float = 0.0  # cosine distance under which tracks are merged into one person; 0: never
+    batches: str = "together"  # "together": P identities around a moment, sure negatives first; "random"
     freeze_stages: int = 1  # backbone stages kept as they are (0: none; the stem is stage 1)
     label_smoothing: float = 0.1
     triplet_margin: float = 0.3
@@ -97,11 +106,20 @@ def _new_model(base: APNet, centroids: np.ndarray, freeze_stages: int) -> APNet:
     return model
 
 
-def _fine_tune(model: APNet, images: torch.Tensor, labels: np.ndarray, cfg: AdaptConfig, rt: Runtime) -> list[dict]:
-    """cfg.steps P x K steps; returns the mean loss parts of each tenth of the run."""
+def _fine_tune(
+    model: APNet, images: torch.Tensor, labels: np.ndarray, negatives: np.ndarray, cfg: AdaptConfig, rt: Runtime
+) -> list[dict]:
+    """cfg.steps P x K steps; returns the mean loss parts of each tenth of the run. ``negatives``: (L, L) sure
+    negatives between pseudo-identities."""
     n_labels = int(labels.max()) + 1
     samples = [Sample("", int(label), 0) for label in labels]
-    sampler = PKBatchSampler(labels.tolist(), min(cfg.ids_per_batch, n_labels), cfg.images_per_id, cfg.seed)
+    p = min(cfg.ids_per_batch, n_labels)
+    if cfg.batches == "together":
+        sampler = TogetherSampler(labels.tolist(), negatives, p, cfg.images_per_id, cfg.seed)
+    elif cfg.batches == "random":
+        sampler = PKBatchSampler(labels.tolist(), p, cfg.images_per_id, cfg.seed)
+    else:
+        raise ValueError(f"batches must be 'together' or 'random', got {cfg.batches!r}")
     generator = torch.Generator().manual_seed(cfg.seed)
     augment = BatchAugment(cfg.flip_prob, cfg.pad, cfg.erase_prob)
     batches = CachedBatches(images, samples, sampler, augment, generator, rt.device)
@@ -174,7 +192,7 @@ def adapt(
     centroids = np.stack([features[labels_of_track == k].mean(axis=0) for k in range(n_labels)])
     model = _new_model(copy.deepcopy(base), centroids, cfg.freeze_stages).to(device)
     logger.info("adapting on %d crops of %d tracks (%d pseudo-identities)", len(flat), len(tracks), n_labels)
-    history = _fine_tune(model, images, labels, cfg, rt)
+    history = _fine_tune(model, images, labels, label_negatives(negatives, labels_of_track), cfg, rt)
     model.eval()
     report: dict[str, Any] = {
         "base_checkpoint": str(checkpoint),

@@ -106,3 +106,47 @@ def merge_tracks(features: np.ndarray, negatives: np.ndarray, threshold: float) 
     ).fit_predict(distance)
     order: dict[int, int] = {}
     return np.array([order.setdefault(int(label), len(order)) for label in raw])
+
+
+class TogetherSampler:
+    """P x K batches built around a moment: a random pseudo-identity and, first, those surely someone else (seen
+    by its camera at the same time), then random others. Such negatives share the scene, the light and the
+    camera, so telling them apart teaches the person's appearance, not the place. Iterates like PKBatchSampler
+    (lists of sample indices; ``set_epoch`` reshuffles); an identity with fewer than K crops repeats some."""
+
+    def __init__(self, labels: list[int], negatives: np.ndarray, p: int, k: int, seed: int = 0):
+        self.by_label: dict[int, list[int]] = defaultdict(list)
+        for index, label in enumerate(labels):
+            self.by_label[label].append(index)
+        self.negatives, self.p, self.k, self.seed, self.epoch = negatives, p, k, seed, 0
+        self.batches = max(1, len(labels) // (p * k))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        labels = np.array(sorted(self.by_label))
+        for _ in range(self.batches):
+            anchor = int(rng.choice(labels))
+            together = rng.permutation(np.flatnonzero(self.negatives[anchor]))[: self.p - 1]
+            rest = rng.permutation(np.setdiff1d(labels, np.append(together, anchor)))
+            chosen = [anchor, *together.tolist(), *rest[: self.p - 1 - len(together)].tolist()]
+            batch = []
+            for label in chosen:
+                pool = self.by_label[label]
+                batch += rng.choice(pool, self.k, replace=len(pool) < self.k).tolist()
+            yield batch
+
+
+def label_negatives(track_negatives: np.ndarray, labels_of_track: np.ndarray) -> np.ndarray:
+    """(L, L) bool: pseudo-identities with at least one sure-negative pair of tracks between them."""
+    n = int(labels_of_track.max()) + 1
+    out = np.zeros((n, n), bool)
+    i, j = np.nonzero(track_negatives)
+    out[labels_of_track[i], labels_of_track[j]] = True
+    np.fill_diagonal(out, False)
+    return out

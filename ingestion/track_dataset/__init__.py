@@ -121,10 +121,8 @@ def export_tracks(
             for record in records:
                 reason = _why_not(record, time_from, time_to)
                 file = None if reason else _place(store, record.content_hash or "", folder)
-                if reason is None and file is None:
-                    reason = "crop not kept"
-                if reason:
-                    summary.skip(reason)
+                if file is None:
+                    summary.skip(reason or "crop not kept")
                 else:
                     entries.append(_entry(record, file))
     summary.crops, summary.tracks = len(entries), len({e["track_id"] for e in entries})
