@@ -92,6 +92,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    print(f"reid rm: {len(args.ids)} item(s) from {args.url}", file=sys.stderr)
     with _client(args) as reid:
         for item_id in args.ids:
             reid.delete(item_id)

@@ -70,6 +70,7 @@ class Summary:
     duplicates: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
+    failed: int = 0  # of the skipped: images the write pipeline refused (unreadable, undecodable, too small...)
 
     @property
     def images_per_s(self) -> float:
@@ -91,6 +92,7 @@ class Summary:
         for r in results:
             if r.error is not None:
                 self.skipped.append((r.name, r.reason))
+                self.failed += 1
             elif r.added:
                 self.indexed += 1
             else:

@@ -160,6 +160,12 @@ def bulk_main(argv: Sequence[str] | None = None) -> int:
     if args.summary_json:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         args.summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
+    if summary.failed:  # the others were added; the exit status says not all were
+        print(f"ingestion.bulk: {summary.failed} image(s) could not be added (named above)", file=sys.stderr)
+        return 1
+    if summary.indexed + summary.duplicates == 0:
+        print(f"ingestion.bulk: nothing was added: no image in {args.folder}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -38,7 +38,9 @@ def test_bulk_indexed_gallery_is_searchable_through_the_api(tiny_artifact, tmp_p
     gallery = tmp_path / "gallery"
     assert main(["index", str(folder), "--gallery", str(gallery), "--artifact", str(tiny_artifact)]) == 0
 
-    settings = Settings(backend="onnx", artifact=tiny_artifact, gallery_dir=gallery, create_gallery=True, _env_file=None)
+    settings = Settings(
+        backend="onnx", artifact=tiny_artifact, gallery_dir=gallery, create_gallery=True, _env_file=None
+    )
     with LiveServer(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert client.get("/v1/gallery").json()["count"] == len(files)
         for name, data in files.items():

@@ -8,7 +8,7 @@ import pytest
 
 from client.cli import main
 from client.launch import free_port
-from tests.support import FakeEmbedder, LiveServer, gallery_settings, person_crops
+from tests.support import FakeEmbedder, LiveServer, gallery_settings, make_spec, person_crops, write_toy_onnx
 
 ADMIN = "cli-admin-key"
 CROPS = person_crops(4, seed=21)
@@ -113,3 +113,17 @@ def test_debug_shows_the_traceback(tmp_path):
         port = s.getsockname()[1]
     with pytest.raises(Exception, match="Connect"):
         main(["--debug", "--url", f"http://127.0.0.1:{port}", "stats"])
+
+
+def test_index_into_a_gallery_names_each_bad_file_and_exits_1(capfd, tmp_path):
+    (tmp_path / "artifact").mkdir()
+    write_toy_onnx(tmp_path / "artifact" / "model.onnx", make_spec())
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    (folder / "0001_c1s1_000100_01.png").write_bytes(CROPS[0])
+    (folder / "0002_c1s1_000100_01.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    args = ["index", str(folder), "--gallery", str(tmp_path / "G"), "--artifact", str(tmp_path / "artifact")]
+    assert main(args) == 1
+    out, err = capfd.readouterr()
+    assert "indexed 1" in out and "0002_c1s1_000100_01.png" in out and "could not be added" in err
+    assert f"-> gallery {tmp_path / 'G'}" in err  # where it writes, said on start

@@ -151,7 +151,7 @@ def test_cli_indexes_a_csv_manifest(tmp_path, tiny_artifact, capsys):
     )
     args = [str(root / "list.csv"), "--gallery", str(tmp_path / "g"), "--artifact", str(tiny_artifact)]
     args += ["--no-progress", "--summary-json", str(tmp_path / "summary.json")]
-    assert main(args) == 0
+    assert main(args) == 1  # 1: missing.png was not added (named in the summary)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["indexed"] == 3 and summary["skipped"] == 3
     assert "indexed 3" in capsys.readouterr().out
@@ -163,7 +163,7 @@ def test_cli_indexes_a_csv_manifest(tmp_path, tiny_artifact, capsys):
         ("bob", "cam1", "t9"),
     ]
     assert records[0].captured_at == 1767323045.0 and records[1].captured_at == 1767323045.5
-    assert main(args) == 0  # again: all duplicates
+    assert main(args) == 1  # again: all duplicates, and missing.png still not added
     assert json.loads((tmp_path / "summary.json").read_text())["duplicates"] == 3
 
 
@@ -185,7 +185,7 @@ def test_keep_crops_through_reid_index_then_the_api_serves_the_exact_bytes(tmp_p
     index = ["index", str(root), "--gallery", str(gallery), "--artifact", str(tiny_artifact)]
     assert cli_main(index[:2] + ["--keep-crops"]) == 2  # through the API it is the server's setting
     assert "needs --gallery" in capsys.readouterr().err
-    assert cli_main([*index, "--keep-crops"]) == 0
+    assert cli_main([*index, "--keep-crops"]) == 1
 
     store = CropStore.open(gallery / "crops")
     good = {name: (root / name).read_bytes() for name in GOOD}
@@ -195,7 +195,7 @@ def test_keep_crops_through_reid_index_then_the_api_serves_the_exact_bytes(tmp_p
 
     # Again, in process: nothing added, no crop written (same files, same inodes, same times, no temporaries).
     args = [str(root), "--gallery", str(gallery), "--artifact", str(tiny_artifact), "--keep-crops", "--no-progress"]
-    assert main([*args, "--summary-json", str(tmp_path / "again.json")]) == 0
+    assert main([*args, "--summary-json", str(tmp_path / "again.json")]) == 1
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["indexed"] == 0 and again["duplicates"] == 7
     assert _kept_files(gallery / "crops") == before
@@ -216,9 +216,9 @@ def test_keep_crops_fills_the_store_of_a_gallery_indexed_without_it(tmp_path, cr
     root, _ = crops
     gallery = tmp_path / "gallery"
     args = [str(root), "--gallery", str(gallery), "--artifact", str(tiny_artifact), "--no-progress"]
-    assert main(args) == 0
+    assert main(args) == 1  # 1: the bad files were not added
     assert not (gallery / "crops").exists()
-    assert main([*args, "--keep-crops", "--crops-dir", str(tmp_path / "kept")]) == 0
+    assert main([*args, "--keep-crops", "--crops-dir", str(tmp_path / "kept")]) == 1
     with Gallery.open(gallery, readonly=True) as g:
         hashes = {g.get(i).content_hash for i in range(1, len(g) + 1)}
     assert len(hashes) == len(GOOD) and set(CropStore.open(tmp_path / "kept").hashes()) == hashes
@@ -245,7 +245,7 @@ def test_a_full_crop_store_stops_before_the_batch_that_does_not_fit(tmp_path, cr
     assert sources == set(GOOD) - set(last)  # the batches before it, whole; none of it
     assert kept_hashes == hashes  # no item without its crop, no crop of an item that was not added
 
-    assert main(args) == 0  # the default cap: it resumes where it stopped
+    assert main(args) == 1  # the default cap: it resumes where it stopped
     sources, hashes, kept_hashes = state()
     assert sources == set(GOOD) and kept_hashes == hashes
 
