@@ -3,6 +3,8 @@ grouped by track."""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, Field
 
 from index.track_records import IdentitySummary, Track
@@ -92,3 +94,19 @@ class TimelineEntry(BaseModel):
 class Timeline(BaseModel):
     identity_id: int
     timeline: list[TimelineEntry] = Field(description="the identity's tracks in time order")
+
+
+class LinkResult(BaseModel):
+    """What a linking run did (ingestion.linking.LinkRun)."""
+
+    mode: Literal["incremental", "full"]
+    tracks: int = Field(description="tracks the gallery holds")
+    untimed: int = Field(description="tracks left out: none of their items has a capture time")
+    assigned: int = Field(description="tracks whose identity this run set or changed")
+    identities: int = Field(description="identities among the linked tracks after the run")
+    threshold: float = Field(description="the track similarity two tracks had to reach to be linked")
+    threshold_source: str = Field(description="where the threshold came from")
+    far: float = Field(description="the false-link rate the threshold was set for")
+    note: str | None = Field(None, description="the clustering's one-line summary")
+    topology: dict[str, Any] | None = Field(description="camera pairs with transit seconds, given or learned")
+    changes: dict[str, Any] | None = Field(description="full runs: identities unchanged, merged, split, new, gone")

@@ -1,16 +1,18 @@
-"""GET /v1/identities (identities linking made, paged) and GET /v1/identities/{identity_id} (a person's timeline)."""
+"""GET /v1/identities (identities linking made, paged), GET /v1/identities/{identity_id} (a person's timeline) and
+POST /v1/identities/link (link the served gallery's tracks now, as python -m ingestion.link does)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Form, Path
 
-from server.auth import Reader
+from ingestion.linking import DEFAULT_FAR, link_gallery
+from server.auth import Admin, Reader
 from server.deps import GalleryDep
 from server.errors import APIError, error_responses
 from server.routes.tracks import CameraQuery, Cursor, Limit, TimeFrom, TimeTo, cursor_position, track_query
-from server.track_schemas import IdentityPage, IdentityResultSummary, Timeline, TimelineEntry
+from server.track_schemas import IdentityPage, IdentityResultSummary, LinkResult, Timeline, TimelineEntry
 
 router = APIRouter(prefix="/v1/identities", tags=["identities"])
 
@@ -47,3 +49,19 @@ async def get_identity(
     if not tracks:
         raise APIError(404, "not_found", f"no identity {identity_id}")
     return Timeline(identity_id=identity_id, timeline=[TimelineEntry.of(t) for t in tracks])
+
+
+@router.post("/link", response_model=LinkResult, responses=error_responses(401, 403, 422, 500, 503))
+async def link_tracks(
+    _: Admin,
+    gallery: GalleryDep,
+    full: Annotated[bool, Form(description="relink every track (default: only tracks without an identity)")] = False,
+    far: Annotated[float, Form(gt=0, lt=1, description="the false-link rate the threshold is set for")] = DEFAULT_FAR,
+) -> LinkResult:
+    """Link the gallery's tracks into identities on the server's writer thread (writes wait; searches do not):
+    the way to link an embedded gallery the server holds, which python -m ingestion.link cannot open meanwhile.
+    The camera topology is learned from confident links (give a file to python -m ingestion.link instead)."""
+    run = await gallery.write(link_gallery, gallery.gallery, far=far, full=full)
+    body = run.to_dict()
+    note = None if run.report is None else run.report.note
+    return LinkResult(**{k: body[k] for k in LinkResult.model_fields if k in body}, note=note)

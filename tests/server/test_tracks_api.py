@@ -207,3 +207,19 @@ def test_several_images_are_one_query_of_their_mean_embedding(gallery_dir):
             assert hit["score"] == pytest.approx((single[0][hit["id"]] + single[1][hit["id"]]) / norm, abs=1e-4)
         r = admin.post("/v1/search", files=[("image", (f"{i}.png", a, "image/png")) for i in range(17)])
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameters"
+
+
+def test_linking_over_http_while_the_server_holds_the_gallery(gallery_dir):
+    with _server(gallery_dir) as url, _client(url) as admin, _client(url, READER) as client:
+        _add_tracks(admin, named=False)
+        assert client.post("/v1/identities/link").status_code == 403  # a write: admin keys only
+        r = admin.post("/v1/identities/link")
+        assert r.status_code == 200, r.text
+        run = r.json()
+        assert (run["mode"], run["tracks"], run["assigned"], run["identities"]) == ("incremental", 6, 6, PEOPLE)
+        assert run["threshold_source"].startswith("the default") and run["changes"] is None
+        by_track = {t["track_id"]: t["identity_id"] for t in _all_tracks(client)}
+        assert all(by_track[_track_id(p, "c1")] == by_track[_track_id(p, "c2")] for p in range(PEOPLE))
+        again = admin.post("/v1/identities/link", data={"full": "true"}).json()
+        assert again["mode"] == "full" and again["assigned"] == 0 and again["changes"]["unchanged"] == PEOPLE
+        assert admin.post("/v1/identities/link", data={"far": "2"}).status_code == 422
