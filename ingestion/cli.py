@@ -285,7 +285,8 @@ def parse_link_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--gallery",
         default=os.environ.get("REID_GALLERY_URI") or os.environ.get("REID_GALLERY_DIR"),
         help="gallery folder, Milvus Lite .db file or milvus://HOST:PORT/COLLECTION (default: REID_GALLERY_URI, "
-        "else REID_GALLERY_DIR). An embedded gallery has one writer: stop the server that serves it first",
+        "else REID_GALLERY_DIR). An embedded gallery has one writer: while a server holds it, link through the server "
+        "(POST /v1/identities/link)",
     )
     p.add_argument(
         "--topology", type=Path, help="camera topology, JSON or YAML (default: learned from confident links)"
@@ -320,7 +321,10 @@ def link_main(argv: Sequence[str] | None = None) -> int:
                 gallery, far=args.far, topology=topology, full=args.full, threshold=args.threshold, linkage=args.linkage
             )
     except GalleryLocked as exc:
-        print(f"ingestion.link: {exc} (the server holds it: stop it, or link a Milvus gallery)", file=sys.stderr)
+        print(
+            f"ingestion.link: {exc} (the server holds it: link through it with POST /v1/identities/link, or stop it)",
+            file=sys.stderr,
+        )
         return 2
     except GalleryError as exc:
         print(f"ingestion.link: {exc}", file=sys.stderr)
