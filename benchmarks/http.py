@@ -9,6 +9,9 @@ for one backend or both in turn:
 With --stalled N, the same searches idle and then while N uploads stall mid-body (raw sockets that send a head
 with Content-Length and half the body, then nothing), and what the stalled uploads were answered (api_stall.json):
     python -m benchmarks.http --artifact artifacts/demo --images data/synth/query --concurrency 1 --stalled 32
+With --variants, the request path variant by variant and form by form in one run (benchmarks.http_paths: multipart
+and raw body, beside the served model alone, optionally against a --baseline-tree of today's code; api_paths.json):
+    python -m benchmarks.http --artifact artifacts/demo --variants fp32,int8 --concurrency 1,8 --out bench
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from benchmarks.http_paths import run_paths
 from client.api import AsyncReIDClient, ReIDClient
 from client.errors import ReIDError
 from client.launch import free_port, serve
@@ -219,9 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stall-wait", type=float, default=40.0, help="seconds to wait for the stalled uploads' answers afterwards"
     )
+    parser.add_argument("--variants", help="comma-separated variants to serve in turn (fp32,int8): the paths mode")
+    parser.add_argument("--baseline-tree", type=Path, help="paths mode: also serve fp32 from this source tree")
+    parser.add_argument("--rounds", type=int, default=4, help="paths mode: rounds over the configurations")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     images = load_images(args.images, 256)
+    if args.variants:
+        if args.artifact is None:
+            parser.error("--variants needs --artifact")
+        return run_paths_mode(args, images)
 
     results: list[dict] = []
     meta = {"images": str(args.images), "host": platform.node(), "cpus": os.cpu_count(), "load": os.getloadavg()}
@@ -253,6 +264,56 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         name = "api_stall.json" if args.stalled else "api_latency.json"
         (args.out / name).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    return 0
+
+
+def servable_variants(artifact: Path, names: list[str]) -> list[str]:
+    """The named variants the artifact can serve on this machine's CPU (the others said and skipped)."""
+    from embedders.onnx import artifact_variant, read_artifact_spec
+    from embedders.variants import VariantRefused
+
+    spec = read_artifact_spec(artifact)
+    if spec is None:
+        return ["fp32"]  # an artifact without spec.json serves its model.onnx
+    kept = []
+    for name in names:
+        try:
+            kept.append(artifact_variant(spec, name, ["CPUExecutionProvider"]).name)
+        except VariantRefused as exc:
+            print(f"skipping variant {name}: {exc}", flush=True)
+    return kept
+
+
+def run_paths_mode(args: argparse.Namespace, images: list[bytes]) -> int:
+    meta = {"images": str(args.images), "host": platform.node(), "cpus": os.cpu_count(), "load": os.getloadavg()}
+    meta |= {"artifact": str(args.artifact), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    with tempfile.TemporaryDirectory(prefix="reid-bench-") as tmp:
+        result = run_paths(
+            args.artifact,
+            images,
+            load_images(args.fill, args.fill_limit),
+            variants=servable_variants(args.artifact, [v for v in args.variants.split(",") if v]),
+            concurrency=args.concurrency,
+            requests=args.requests,
+            rounds=args.rounds,
+            baseline=args.baseline_tree,
+            api_key=args.api_key,
+            workdir=Path(tmp),
+            log=lambda line: print(line, flush=True),
+        )
+    meta["load_after"] = os.getloadavg()
+    for row in result["rows"]:
+        print(
+            f"{row['config']:<9} {row['form']:<9} c={row['concurrency']:<3} p50 {row['p50_ms']} p95 {row['p95_ms']} "
+            f"p99 {row['p99_ms']} ms; model alone p50 {row['model_alone_p50_ms']} ms; outside the model "
+            f"{row['outside_model_p50_ms']} ms (HTTP and parsing {row['http_and_parsing_p50_ms']}, decode "
+            f"{row['server_decode_p50_ms']}, search {row['server_search_p50_ms']})",
+            flush=True,
+        )
+    print(f"p50 at c=1 over the baseline's: {result['ratios']}", flush=True)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "api_paths.json").write_text(json.dumps({"meta": meta, **result}, indent=2))
     return 0
 
 

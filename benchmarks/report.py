@@ -5,7 +5,8 @@
 Reads, from the folder, whichever of these exist: models.json (python -m benchmarks.models: eager / ONNX Runtime fp32
 / INT8 / TensorRT at batch 1 and 16, ratios, fraction of the compute floor), api_latency.json (python -m
 benchmarks.http: HTTP search p50/p95/p99 and the server's own timings), embedders.json (python -m benchmarks.embedders),
-index.json (python -m benchmarks.gallery). Prints one markdown table: the model rows, then the HTTP rows beside the
+index.json (python -m benchmarks.gallery), api_paths.json (python -m benchmarks.http --variants: the request path per
+variant and form, beside that variant's model alone, in a second table). Prints one markdown table: the model rows, then the HTTP rows beside the
 model's time alone (ONNX Runtime fp32 at batch 1, what the server runs per query, measured in-process by
 benchmarks.models), the embed step as the server timed it, and the overhead: at concurrency 1, the median over requests of
 latency less the server-timed embed step (HTTP, parsing, decoding, the gallery search, the response).
@@ -26,7 +27,7 @@ SERVED_RUNTIME = "onnxruntime fp32"  # what the embedded server runs (artifact/m
 
 def load(folder: Path) -> dict[str, Any]:
     reports = {}
-    for name in ("models", "api_latency", "embedders", "index"):
+    for name in ("models", "api_latency", "api_paths", "embedders", "index"):
         path = folder / f"{name}.json"
         if path.is_file():
             reports[name] = json.loads(path.read_text())
@@ -174,6 +175,28 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
+def paths_table(paths: dict[str, Any]) -> str:
+    """The request path per served variant and request form, each beside its own model alone (api_paths.json)."""
+    lines = [
+        "| server | form | concurrency | p50 ms | p95 ms | p99 ms | req/s | model alone p50 ms | p50 - model ms "
+        "| HTTP + parsing ms | decode ms | search ms | p50 / baseline |",
+        "|" + "---|" * 13,
+    ]
+    ratios = paths.get("ratios", {})
+    for r in paths.get("rows", []):
+        ratio = ratios.get(f"{r['config']}/{r['form']}") if r["concurrency"] == 1 else None
+        lines.append(
+            f"| {r['config']} | {r['form']} | c={r['concurrency']} | {_cell(r['p50_ms'], '.2f')} "
+            f"| {_cell(r['p95_ms'], '.2f')} | {_cell(r['p99_ms'], '.2f')} | {_cell(r['requests_per_s'], '.1f')} "
+            f"| {_cell(r['model_alone_p50_ms'], '.2f')} | {_cell(r.get('p50_minus_model_alone_p50_ms'), '.2f')} "
+            f"| {_cell(r['http_and_parsing_p50_ms'], '.2f')} | {_cell(r['server_decode_p50_ms'], '.2f')} "
+            f"| {_cell(r['server_search_p50_ms'], '.2f')} | {_cell(ratio, '.3f')} |"
+        )
+    meta = paths.get("meta", {})
+    lines.append(f"\nrequest paths: {meta.get('artifact')}, {meta.get('started')}, load {meta.get('load')}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, nargs="?", default=Path("bench"), help="where the JSON files are")
@@ -185,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"no benchmark JSON in {args.folder} (run make bench)\n")
         return 1
     sys.stdout.write(table(reports) + "\n")
+    if "api_paths" in reports:
+        sys.stdout.write("\n" + paths_table(reports["api_paths"]) + "\n")
     if not args.no_plots:
         for path in plots(reports, args.plots or args.folder):
             sys.stdout.write(f"plot: {path}\n")

@@ -91,12 +91,17 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
 def uvicorn_config(settings: Settings, app: ASGIApp | str, **options: Any) -> uvicorn.Config:
     """uvicorn serving ``app`` with the deadlines and limits of ``settings`` (``options``: host, port, log_level...).
 
-    The h11 protocol, not httptools: the connection guards (request-head deadline, connections per client) extend
-    uvicorn's h11 protocol class, and h11 enforces the head size limit.
+    The HTTP parser is httptools when it is installed (REID_HTTP_PARSER: auto, httptools or h11); the connection
+    guards (request-head deadline and size, connections per client) extend either of uvicorn's protocol classes.
     """
     return uvicorn.Config(
         app,
-        http=guarded_protocol(settings.header_timeout_s, settings.max_connections_per_client),
+        http=guarded_protocol(
+            settings.header_timeout_s,
+            settings.max_connections_per_client,
+            settings.max_header_bytes,
+            parser=settings.http_parser,
+        ),
         timeout_keep_alive=settings.keep_alive_s,
         h11_max_incomplete_event_size=settings.max_header_bytes,
         **options,

@@ -262,8 +262,8 @@ async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> N
     await response(scope, receive, send)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with the two connection guards uvicorn lacks.
+class ConnectionGuards:
+    """The connection guards uvicorn lacks, for either of its HTTP protocol classes (h11 or httptools).
 
     * A deadline on each request head: ``header_timeout_s`` from connecting, or from the end of the previous
       answer, to a complete head; a connection that misses it is closed. (uvicorn arms its keep-alive timer only
@@ -271,9 +271,12 @@ class GuardedH11Protocol(H11Protocol):
       timed out.) Once a head is in, the app's own deadlines (body, embedding) apply instead.
     * At most ``max_per_client`` open connections per peer address (0: no limit): the connection over it is
       answered 429 in the error schema, then closed. The peer is the TCP peer, so behind a proxy it is the proxy.
+    * A request head over ``max_header_bytes`` is answered 400 and the connection closed: h11 does it with its
+      incomplete-event limit (uvicorn_config sets it), httptools has no such limit and takes ``HeadSizeLimit``.
 
-    The subclass overrides only the connection callbacks; settings reach it as class attributes because uvicorn
-    builds one protocol object per connection from a class (``guarded_protocol`` makes that class).
+    The mixin overrides only the connection callbacks both protocol classes share (``cycle`` is the request being
+    answered, None before the first head); settings reach it as class attributes because uvicorn builds one
+    protocol object per connection from a class (``guarded_protocol`` makes that class).
     """
 
     header_timeout_s: float = 10.0
@@ -322,10 +325,64 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def guarded_protocol(header_timeout_s: float, max_per_client: int) -> type[GuardedH11Protocol]:
-    """The protocol class uvicorn.Config(http=...) takes, with these guards."""
-    attrs = {"header_timeout_s": header_timeout_s, "max_per_client": max_per_client}
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), attrs)
+class HeadSizeLimit:
+    """For uvicorn's httptools protocol: a request head over ``max_header_bytes`` is answered 400 and the
+    connection closed, as h11 does. Counts the bytes fed while a head is being parsed (between the parser's
+    message-begin and headers-complete callbacks), so body bytes never count."""
+
+    max_header_bytes: int = 16 * 1024
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._in_head = False
+        self._head_bytes = 0
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_bytes = True, 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                log.warning("refusing a request head of over %d bytes", self.max_header_bytes)
+                self.send_400_response("Invalid HTTP request received.")
+
+
+class GuardedH11Protocol(ConnectionGuards, H11Protocol):
+    """uvicorn's h11 protocol with the connection guards."""
+
+
+def _httptools_protocol() -> type | None:
+    """uvicorn's httptools protocol class, or None where httptools is not installed (uvicorn[standard] has it)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return None
+    return HttpToolsProtocol
+
+
+def guarded_protocol(
+    header_timeout_s: float, max_per_client: int, max_header_bytes: int = 16 * 1024, *, parser: str = "auto"
+) -> type[ConnectionGuards]:
+    """The protocol class uvicorn.Config(http=...) takes, with these guards: on httptools, the faster parser
+    (0.3-0.4 ms less per request here), when it is installed and ``parser`` is "auto" or "httptools"; else h11."""
+    base = _httptools_protocol() if parser in ("auto", "httptools") else None
+    if base is None and parser == "httptools":
+        raise ValueError("the httptools parser is not installed (pip install httptools)")
+    attrs = {
+        "header_timeout_s": header_timeout_s,
+        "max_per_client": max_per_client,
+        "max_header_bytes": max_header_bytes,
+    }
+    if base is None:
+        return type("GuardedH11Protocol", (GuardedH11Protocol,), attrs)
+    return type("GuardedHttpToolsProtocol", (ConnectionGuards, HeadSizeLimit, base), attrs)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

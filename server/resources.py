@@ -140,6 +140,8 @@ class Resources:
             self.gallery = None
             return
         await self._warm_readers()
+        if searches_inline(self.gallery, math.inf):  # small searches run on this thread: its reader made now too
+            self.gallery.get(1)
         self.metrics.gallery_size.set(len(self.gallery))
         self.metrics.model_info.labels(spec.model_id, self.embedder.variant, s.backend).set(1)
         self.served_embedder = ServedEmbedder(self.embedder, s, self.metrics)

@@ -93,7 +93,9 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(30.0, gt=0)  # the whole body within this of its request head, else 408 and close
     header_timeout_s: float = Field(10.0, gt=0)  # a request head within this of connecting or of the last answer
     keep_alive_s: int = Field(5, ge=1)  # idle keep-alive; the nginx front's upstream keepalive_timeout is below it
-    max_header_bytes: int = Field(16 * 1024, ge=1024)  # a request head over this is refused (h11's limit)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # a request head over this is refused (400, then closed)
+    # The HTTP parser: httptools where installed (the faster; uvicorn[standard]), h11 otherwise or when named.
+    http_parser: Literal["auto", "httptools", "h11"] = "auto"
     # Open connections from one client address; the connection over it is answered 429 and closed. 0 turns it off:
     # behind a proxy every client shares the proxy's address, so the proxy enforces the limit (nginx limit_conn).
     max_connections_per_client: int = Field(64, ge=0)

@@ -297,3 +297,25 @@ def test_a_gallery_built_by_fp32_is_served_by_int8_only_where_the_cross_variant_
             assert (
                 "variant fp32" in body["error"]["message"] and "REID_MODEL_VARIANT to fp32" in body["error"]["message"]
             )
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_either_parser_refuses_an_oversized_head_and_serves_a_normal_one(tmp_path, parser):
+    settings_ = gallery_settings(tmp_path / "g", http_parser=parser, max_header_bytes=2048)
+    live = LiveServer(settings_, embedder=FakeEmbedder())
+    with live as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Pad: {'a' * 1500}\r\n\r\n".encode())
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n".encode())
+            for _ in range(4):  # the head grows past the limit a piece at a time, and never ends
+                try:
+                    sock.sendall(f"X-Pad: {'a' * 1000}\r\n".encode())
+                except BrokenPipeError:  # refused and closed before the last pieces
+                    break
+                time.sleep(0.05)
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+            assert sock.recv(65536) == b""  # then closed
