@@ -49,6 +49,8 @@ def open_gallery(
     if target.kind == "embedded":
         from index.gallery import Gallery as EmbeddedGallery  # faiss: see the module's docstring
 
+        assert target.path is not None  # an embedded gallery is a folder
+
         if not creating:
             gallery = EmbeddedGallery.open(
                 target.path,
@@ -66,6 +68,7 @@ def open_gallery(
                     gallery.close()
                     raise
             return gallery
+        assert model_id is not None and dim is not None  # creating: both given (checked above)
         return EmbeddedGallery.open_or_create(
             target.path,
             model_id=model_id,

@@ -83,7 +83,7 @@ class ProbeScores:
 # -- scoring -------------------------------------------------------------------------------------------------------
 
 
-def _labels(labels: Sequence) -> np.ndarray:
+def _labels(labels: Sequence | np.ndarray) -> np.ndarray:
     """Labels as an object array of str or None."""
     return np.array([None if x is None else str(x) for x in labels], dtype=object)
 
@@ -127,7 +127,9 @@ def _as_float32(x) -> np.ndarray:
     return x
 
 
-def search_identities(xq, xb, labels: Sequence, *, top_k: int = DEFAULT_TOP_K) -> tuple[np.ndarray, np.ndarray]:
+def search_identities(
+    xq, xb, labels: Sequence | np.ndarray, *, top_k: int = DEFAULT_TOP_K
+) -> tuple[np.ndarray, np.ndarray]:
     """(best identity or None, its score or -inf) of each query against the whole gallery, as the server ranks."""
     xq, xb = _as_float32(xq), _as_float32(xb)
     records = _records(_labels(labels))

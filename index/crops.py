@@ -60,7 +60,10 @@ def crops_folder(gallery: str | os.PathLike, crops_dir: str | os.PathLike | None
     if crops_dir is not None:
         return Path(crops_dir)
     uri = parse_uri(gallery)
-    return uri.path / "crops" if uri.kind == "embedded" else None
+    if uri.kind != "embedded":
+        return None
+    assert uri.path is not None  # an embedded gallery is a folder
+    return uri.path / "crops"
 
 
 def check_hash(value: str) -> str:

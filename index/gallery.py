@@ -302,6 +302,7 @@ class Gallery(TrackTables, Snapshots, GalleryBase):
         self._check_open()
         ids = self._store.insert(xb, records)
         self._tracks_after_write()
+        assert self._index is not None  # an open gallery has its index
         with self._rw.write():
             self._index.add_with_ids(xb, np.asarray(ids, dtype=np.int64))
         self._last_id = ids[-1]
@@ -335,6 +336,7 @@ class Gallery(TrackTables, Snapshots, GalleryBase):
         """Drop the tombstones from the index: a copy loses them while searches use the original, then the copy
         is swapped in. Indexes that cannot remove (HNSW, GPU) are rebuilt from the log by the next snapshot.
         Caller holds the write mutex. The copy costs the index's memory again, for as long as it runs."""
+        assert self._kind is not None  # set when the gallery opens
         if not self._tombstones or not self._kind.can_remove or self._on_gpu:
             return
         gone = np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))
@@ -347,6 +349,7 @@ class Gallery(TrackTables, Snapshots, GalleryBase):
             self._tombstones = set()
 
     def _remove_from_index(self, ids: list[int]) -> None:
+        assert self._kind is not None and self._index is not None  # set when the gallery opens
         if self._kind.can_remove and not self._on_gpu:
             self._index.remove_ids(np.asarray(ids, dtype=np.int64))
         else:
@@ -356,6 +359,7 @@ class Gallery(TrackTables, Snapshots, GalleryBase):
         """Swap the exact stand-in for the factory's index once there are enough vectors to train it."""
         if self._growth is not None:  # "auto" builds off the write path, on its own thread
             return self._growth.after_write()
+        assert self._kind is not None  # set when the gallery opens
         if self._trained or not self._kind.needs_training or self._count < self._kind.min_train_size:
             return
         with self._store.view() as conn:
@@ -429,6 +433,7 @@ class Gallery(TrackTables, Snapshots, GalleryBase):
                 raise GalleryError(f"the gallery already assigned ids up to {self._last_id}; cannot import {ids[0]}")
             self._store.insert(xb, records, given_ids=ids, keep_added_at=True)
             self._tracks_after_write()
+            assert self._index is not None  # an open gallery has its index
             with self._rw.write():
                 self._index.add_with_ids(xb, np.asarray(ids, dtype=np.int64))
             self._last_id = ids[-1]
@@ -452,6 +457,7 @@ class Gallery(TrackTables, Snapshots, GalleryBase):
             raise ValueError("k must be at least 1")
         active = filters if filters is not None and not filters.is_empty else None
         results: list[list[Hit]] = [[] for _ in range(len(xq))]
+        assert self._index is not None  # an open gallery has its index
         with self._rw.read():
             ntotal, holes = self._index.ntotal, len(self._tombstones)
         # Filters go inside the faiss search as an id selector (not on GPU indexes, which take none: those
@@ -491,6 +497,7 @@ class Gallery(TrackTables, Snapshots, GalleryBase):
 
     def stats(self) -> dict:
         self._check_open()
+        assert self._kind is not None and self._index is not None  # set when the gallery opens
         with self._rw.read():
             index_type = type(self._index).__name__
             ntotal = self._index.ntotal

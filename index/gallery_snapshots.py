@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -20,6 +21,11 @@ from index import faiss_index
 from index.errors import CorruptGallery
 from index.snapshot import MANIFEST, Manifest, SnapshotError, read_manifest, read_verified, sha256, write_atomic
 from index.store import GALLERY_ID
+
+if TYPE_CHECKING:
+    from index.growth import Grower
+    from index.rwlock import RWLock
+    from index.store import Store
 
 DB = "gallery.sqlite"
 TRAINED = "trained.faiss"
@@ -31,6 +37,28 @@ INDEX_FILE = re.compile(r"index\.(\d{6})\.faiss")
 class Snapshots:
     """The snapshot and rebuild steps of index.gallery.Gallery, which owns the state they use (path, readonly,
     _store, _settings, _kind, _index, _rw, _tombstones, _last_id, _last_seq, _count, _dirty, _recovered)."""
+
+    if TYPE_CHECKING:  # the gallery's state and methods these steps use, declared for the type checker
+        path: Path
+        readonly: bool
+        gpu: bool
+        nprobe: int | None
+        ef_search: int | None
+        _store: Store
+        _settings: dict[str, str]
+        _kind: faiss_index.IndexKind | None
+        _rw: RWLock
+        _growth: Grower | None
+        _recovered: list[str]
+        _tombstones: set[int]
+
+        @property
+        def model_id(self) -> str: ...
+        @property
+        def dim(self) -> int: ...
+        @property
+        def factory(self) -> str: ...
+        def _remove_from_index(self, ids: list[int]) -> None: ...
 
     def _load_snapshot(self, conn) -> None:
         manifest = read_manifest(self.path)
@@ -68,6 +96,7 @@ class Snapshots:
 
     def _install(self, index: faiss.Index, trained: bool, last_id: int, last_seq: int) -> None:
         faiss_index.set_search_params(index, self.nprobe, self.ef_search)
+        assert self._kind is not None  # set when the gallery opens
         on_gpu = self.gpu and self._kind.family != "hnsw" and faiss_index.gpu_available()
         if on_gpu:
             index = faiss_index.to_gpu(index)
@@ -104,6 +133,7 @@ class Snapshots:
         chunks = list(self._store.vectors_after(conn, 0, self.dim))
         ids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, dtype=np.int64)
         xb = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0, self.dim), dtype=np.float32)
+        assert self._kind is not None  # set when the gallery opens
         trained_empty = self._trained_empty(conn) if self._kind.needs_training else None
         index, trained, fresh = faiss_index.build_index(self._kind, self.dim, xb, ids, trained_empty)
         if fresh is not None and not self.readonly:

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import faiss
 import numpy as np
@@ -55,7 +56,7 @@ class Policy:
         if factory == "auto":
             return cls()
         names = {f.name: f.type for f in fields(cls)}
-        values = {}
+        values: dict[str, Any] = {}
         for part in factory.removeprefix("auto:").split(","):
             key, _, text = part.partition("=")
             if key not in names:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 UNREADABLE = "_unreadable"  # the only key of the stand-in for metadata that cannot be served
@@ -59,7 +60,7 @@ def check(value: object, limits: Limits = STORABLE) -> None:
                     if not isinstance(key, str):
                         raise MetadataError("metadata keys must be strings")
                     _check_text(key, limits.max_key_chars, "a key")
-                children = node.values()
+                children: Iterable[object] = node.values()
             else:
                 children = node
             stack.extend((child, depth + 1) for child in children)

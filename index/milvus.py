@@ -155,9 +155,11 @@ class MilvusGallery(MilvusTracks, GalleryBase):
         if timeout is not None and not timeout > 0:
             raise ValueError("the Milvus timeout must be a positive number of seconds (or None)")
         if target.kind == "milvus-lite":
+            assert target.path is not None  # a Lite gallery is a file
             target.path.parent.mkdir(parents=True, exist_ok=True)
             uri = str(target.path.resolve())
         else:
+            assert target.address is not None  # a milvus:// URI names its server
             uri = target.address
         try:
             # The client's timeout bounds connecting and reconnecting; each call gets its own deadline below.
@@ -183,6 +185,7 @@ class MilvusGallery(MilvusTracks, GalleryBase):
                 )
             if model_id is None:
                 raise GalleryError(f"no gallery in {self.target} (collection {self.collection!r} is missing)")
+            assert dim is not None  # given with model_id
             self._create(model_id, dim, factory)
             if held is not None:  # nothing is in the new collection: dropping it again loses nothing
                 self._set_held_items(False, model_id)
@@ -489,7 +492,8 @@ class MilvusGallery(MilvusTracks, GalleryBase):
         """Up to ``limit`` items with id > after_id, in id order: (ids, unit vectors, records)."""
         self._check_open()
         end = int(self._read_props().get(PROP + "next_id", "1"))  # every id ever assigned is below it
-        lo, window, rows = int(after_id), max(1, min(limit, QUERY_WINDOW)), []
+        lo, window = int(after_id), max(1, min(limit, QUERY_WINDOW))
+        rows: list[dict] = []
         while lo < end and len(rows) < limit:
             # id windows rather than a limit: Milvus does not promise which rows a limited query returns
             found = self._query(f"id > {lo} and id <= {lo + window}", ["id", "vector", *RECORD_FIELDS], window)

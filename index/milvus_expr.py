@@ -81,7 +81,7 @@ def text_literal(value: object, what: str = "value") -> str:
     return json.dumps(value, ensure_ascii=False)  # JSON's string escapes are a subset of Milvus' (C-style)
 
 
-def number_literal(value: object, what: str) -> str:
+def number_literal(value: float | str, what: str) -> str:
     number = float(value)
     if not math.isfinite(number):
         raise ValueError(f"{what} must be finite")

@@ -18,8 +18,10 @@ numbers come from the item collection's property ``reid.next_identity``, never r
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
@@ -61,6 +63,18 @@ def _derive(rows: list[dict], dim: int, with_vectors: bool) -> tuple[list[Track]
 class MilvusTracks:
     """The Milvus gallery's track methods (a mixin of index.milvus.MilvusGallery: ``_client``, ``collection``,
     ``timeout``, ``dim``, ``_write_mutex``, ``_query``, ``_read_props`` and ``_check_open`` are the gallery's)."""
+
+    if TYPE_CHECKING:  # the gallery's state and methods these use, declared for the type checker
+        _client: MilvusClient
+        collection: str
+        timeout: float | None
+        _write_mutex: threading.Lock
+
+        @property
+        def dim(self) -> int: ...
+        def _query(self, expr: str, fields: list[str], limit: int) -> list[dict]: ...
+        def _read_props(self) -> dict[str, str]: ...
+        def _check_open(self) -> None: ...
 
     # -- reading the items of tracks ---------------------------------------------------------------------------
 

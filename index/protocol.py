@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -104,10 +104,15 @@ class GalleryBase:
     A backend provides ``model_id``, ``dim``, ``find_hashes``, ``close``, a ``_write_mutex`` held by every write and
     ``_add_locked`` (an add under that mutex)."""
 
-    model_id: str
-    dim: int
     _write_mutex: threading.Lock
     _closed: bool = False
+
+    if TYPE_CHECKING:  # each backend's properties
+
+        @property
+        def model_id(self) -> str: ...
+        @property
+        def dim(self) -> int: ...
 
     def _add_locked(self, xb, records: Sequence[Record], model_id: str) -> list[int]:
         raise NotImplementedError
@@ -141,8 +146,11 @@ class GalleryBase:
             ]
             ids = self._add_locked(np.asarray(xb)[fresh], [records[i] for i in fresh], model_id) if fresh else []
         added = dict(zip(fresh, ids, strict=True))
-        known.update({records[i].content_hash: gid for i, gid in added.items() if records[i].content_hash})
-        return [(added[i], True) if i in added else (known[r.content_hash], False) for i, r in enumerate(records)]
+        known.update({h: gid for i, gid in added.items() if (h := records[i].content_hash)})
+        # a record not added has a content hash: one without is always added
+        return [
+            (added[i], True) if i in added else (known[cast(str, r.content_hash)], False) for i, r in enumerate(records)
+        ]
 
     def _check_open(self) -> None:
         if self._closed:

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -90,7 +90,7 @@ def _row_to_record(row, gallery_id: str = "", path: Path | None = None) -> Recor
     """A Record from a stored row; CorruptGallery if the row fails its crc32, anything else is served safely."""
     _check_row(row, gallery_id, path)
     rid, person, camera, captured, track, source, chash, meta, added, _ = row
-    problems = []
+    problems: list[str] = []
     texts = [
         _served_text(v, name, problems)
         for v, name in zip((person, camera, track, source, chash), TEXT_FIELDS, strict=True)
@@ -98,10 +98,14 @@ def _row_to_record(row, gallery_id: str = "", path: Path | None = None) -> Recor
     meta_value, reason = metadata.decode(meta)
     if reason:
         problems.append(reason)
+    person_text, camera_text, track_text, source_text, hash_text = texts
     record = Record(
-        *texts[:2],
+        person_text,
+        camera_text,
         _served_time(captured, "captured_at", problems),
-        *texts[2:],
+        track_text,
+        source_text,
+        hash_text,
         metadata=meta_value,
         id=rid,
         added_at=_served_time(added, "added_at", problems),
@@ -421,8 +425,8 @@ class Store:
         for chunk in _chunks(list(ids), SQL_VARS):
             marks = ",".join("?" * len(chunk))
             with self._damage_refused():
-                rows = conn.execute(f"SELECT {self._records_sql(conn)} FROM items WHERE id IN ({marks})", chunk)
-                rows = rows.fetchall()
+                sql = f"SELECT {self._records_sql(conn)} FROM items WHERE id IN ({marks})"
+                rows = conn.execute(sql, chunk).fetchall()
             for row in rows:
                 out[row[0]] = self._record(row, conn)
         return out
@@ -445,7 +449,7 @@ class Store:
 
     def vectors_after(
         self, conn: sqlite3.Connection, after_id: int, dim: int, limit: int = -1
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    ) -> Generator[tuple[np.ndarray, np.ndarray]]:
         """(ids, xb) chunks of the live rows with id > after_id (the first ``limit``; -1: all), in id order; each
         blob checked against its crc32."""
         cursor = conn.execute(

@@ -75,7 +75,7 @@ def matches(track: Track, query: TrackQuery | None) -> bool:
     if query.identity_id is not None and track.identity_id != query.identity_id:
         return False
     if query.time_from is not None or query.time_to is not None:
-        if track.first_seen is None:
+        if track.first_seen is None or track.last_seen is None:
             return False
         if query.time_from is not None and track.last_seen < query.time_from:
             return False

@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from index import metadata
 from index.errors import CorruptGallery
 from index.track_records import IdentitySummary, Track, TrackQuery, feature, item_quality, summarise, timeline_order
+
+if TYPE_CHECKING:
+    from index.store import Store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracks (
@@ -76,7 +81,10 @@ class _Sums:
 
     def __init__(self, dim: int, row=None):
         if row is None:
-            self.camera, self.first, self.last, self.n, self.best, self.best_q, self.weight = (None,) * 7
+            self.camera: str | None = None
+            self.first: float | None = None
+            self.last: float | None = None
+            self.best: int | None = None
             self.n, self.weight, self.best_q = 0, 0.0, -1.0
             self.wsum, self.xsum = np.zeros(dim), np.zeros(dim)
         else:
@@ -89,7 +97,7 @@ class _Sums:
         if captured is not None:
             self.first = captured if self.first is None else min(self.first, captured)
             self.last = captured if self.last is None else max(self.last, captured)
-        if q > self.best_q or (q == self.best_q and rid < self.best):
+        if q > self.best_q or (q == self.best_q and (self.best is None or rid < self.best)):
             self.best, self.best_q = rid, q
         self.n += 1
         self.weight += q
@@ -106,6 +114,16 @@ class TrackTables:
     ``dim``, ``readonly``, ``_check_open`` and ``_check_writable`` are the gallery's)."""
 
     _tracks_mark: tuple[int, int] | None = None  # (last item id, last removal seq) the tables have taken in
+
+    if TYPE_CHECKING:  # the gallery's state and methods these use, declared for the type checker
+        readonly: bool
+        _store: Store
+        _write_mutex: threading.Lock
+
+        @property
+        def dim(self) -> int: ...
+        def _check_open(self) -> None: ...
+        def _check_writable(self) -> None: ...
 
     # -- keeping the tables up to date (caller holds the write mutex) ------------------------------------------
 
@@ -283,7 +301,8 @@ class TrackTables:
 
     @staticmethod
     def _where(query: TrackQuery | None) -> tuple[str, list]:
-        terms, args = [], []
+        terms: list[str] = []
+        args: list[object] = []
         if query is not None:
             if query.camera_id is not None:
                 terms.append("camera_id = ?")
@@ -311,7 +330,9 @@ class TrackTables:
     def tracks_of(self, track_ids: Sequence[str]) -> dict[str, Track]:
         conn = self._tracks_conn()
         out: dict[str, Track] = {}
-        for chunk in _chunks(list(dict.fromkeys(str(t) for t in track_ids)) if conn else []):
+        if conn is None:
+            return out
+        for chunk in _chunks(list(dict.fromkeys(str(t) for t in track_ids))):
             marks = ",".join("?" * len(chunk))
             for r in conn.execute(f"SELECT {TRACK_COLUMNS} FROM tracks WHERE track_id IN ({marks})", chunk):
                 out[r[1]] = _track(r)

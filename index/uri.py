@@ -34,7 +34,7 @@ class GalleryURI:
     def __str__(self) -> str:
         """The URI without credentials (for logs and stats)."""
         if self.kind == "milvus":
-            return f"milvus://{self.address.removeprefix('http://')}/{self.collection}"
+            return f"milvus://{(self.address or '').removeprefix('http://')}/{self.collection}"
         return str(self.path)
 
 
