@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -23,7 +24,7 @@ from embedders.protocol import (
     EmbedderUnavailable,
     batch_slices,
 )
-from embedders.variants import FP32, Device, choose_variant
+from embedders.variants import FP32, SETTING, Device, VariantRefused, choose_variant
 from formats.spec import SPEC_KEY, ModelSpec, VariantSpec
 
 SPEC_FILE = "spec.json"  # beside the model files in an artifact folder (export.artifact writes it)
@@ -104,7 +105,7 @@ class OnnxEmbedder(Embedder):
         if (model_path is None) == (artifact is None):
             raise ValueError("give an ONNX model_path or an artifact folder, not both")
         self.artifact = Path(artifact) if artifact is not None else None
-        self.model_path = Path(model_path) if model_path is not None else self.artifact / "model.onnx"
+        self.model_path = Path(model_path) if model_path is not None else Path(cast(Path | str, artifact)) / "model.onnx"
         self.requested_variant = variant
         self.variant = FP32 if variant is None else variant  # the served one, known after start()
         self.providers = providers
@@ -116,11 +117,26 @@ class OnnxEmbedder(Embedder):
         self._session: ort.InferenceSession | None = None
         self._batcher: MicroBatcher | None = None
 
+    def choose(self) -> ModelSpec | None:
+        """Set model_path to the artifact's variant to serve (VariantRefused when the named one cannot be served
+        here); the artifact's spec, or None when serving a given file or an artifact without spec.json. Reads only
+        spec.json, so a server can check its settings before it starts."""
+        if self.artifact is None:
+            return None
+        artifact_spec = read_artifact_spec(self.artifact)
+        if artifact_spec is not None:
+            self.model_path = (
+                self.artifact / artifact_variant(artifact_spec, self.requested_variant, self.providers).file
+            )
+        elif self.requested_variant not in (None, FP32):
+            raise VariantRefused(
+                f"{SETTING}={self.requested_variant}: {self.artifact} has no {SPEC_FILE} recording variants; "
+                "it serves its model.onnx (fp32)"
+            )
+        return artifact_spec
+
     async def start(self) -> None:
-        artifact_spec = None
-        if self.artifact is not None and (artifact_spec := read_artifact_spec(self.artifact)) is not None:
-            chosen = artifact_variant(artifact_spec, self.requested_variant, self.providers)  # VariantRefused
-            self.model_path = self.artifact / chosen.file
+        artifact_spec = self.choose()
         if not self.model_path.is_file():
             raise EmbedderUnavailable(f"no ONNX model at {self.model_path}")
         session = await asyncio.to_thread(self._load_session)

@@ -1,5 +1,6 @@
 """Two decisions the request path makes about the served model and its gallery.
 
+* ``variant_problem``: whether the artifact can serve the variant REID_MODEL_VARIANT names, before start-up.
 * ``gallery_refusal``: whether the served variant of the model (embedders.variants) may search and add to the
   gallery it opened. The gallery records no variant yet, so one that holds items counts as built by fp32, the only
   variant served before variants were recorded (embedders.variants.recorded_or_fp32).
@@ -13,6 +14,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from embedders.onnx import OnnxEmbedder
+from embedders.protocol import EmbedderError
 from embedders.variants import VariantRefused, check_gallery, recorded_or_fp32
 from formats.spec import ModelSpec
 from index import Gallery
@@ -30,7 +35,18 @@ def gallery_refusal(spec: ModelSpec, variant: str, gallery: Gallery) -> str:
     return ""
 
 
-def searches_inline(gallery: Gallery, max_floats: int) -> bool:
+def variant_problem(artifact: Path, requested: str | None) -> str:
+    """Why the ONNX Runtime embedder would refuse to serve the artifact's ``requested`` variant (or its default),
+    checked before the server starts, from the artifact's spec.json; "" when it would serve one."""
+    embedder = OnnxEmbedder(artifact=artifact, variant=requested)
+    try:
+        embedder.choose()
+    except EmbedderError as exc:
+        return str(exc)
+    return ""
+
+
+def searches_inline(gallery: Gallery, max_floats: float) -> bool:
     """Whether a search of ``gallery`` is cheap enough to run where it is called (see the module's docstring)."""
     return (
         isinstance(gallery, EmbeddedGallery) and gallery.factory == "Flat" and len(gallery) * gallery.dim <= max_floats

@@ -4,6 +4,7 @@ serving an empty gallery or retrying a model that will never appear; and the lin
 from __future__ import annotations
 
 from index.uri import parse_uri
+from server.model_variant import variant_problem
 from server.settings import Settings
 
 
@@ -25,6 +26,8 @@ def startup_problems(settings: Settings, *, own_embedder: bool = False) -> list[
                 f"no model at {settings.artifact / 'model.onnx'}: REID_ARTIFACT (--artifact) must name a folder "
                 "written by `python -m export` (make export)"
             )
+        elif problem := variant_problem(settings.artifact, settings.model_variant):
+            problems.append(problem)
     target = parse_uri(settings.gallery_location)
     if target.path is not None and not target.path.exists() and not settings.create_gallery:
         problems.append(

@@ -181,3 +181,10 @@ def test_a_request_arriving_alone_does_not_wait_for_company():
         return calls
 
     assert asyncio.run(scenario()) == [1, 1, 1]
+
+
+def test_a_named_variant_is_refused_before_start_where_the_artifact_records_none(tmp_path):
+    write_toy_onnx(tmp_path / "model.onnx", make_spec())
+    assert OnnxEmbedder(artifact=tmp_path, variant="fp32").choose() is None
+    with pytest.raises(VariantRefused, match="REID_MODEL_VARIANT=int8: .* has no spec.json"):
+        OnnxEmbedder(artifact=tmp_path, variant="int8").choose()

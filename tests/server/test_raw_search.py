@@ -319,3 +319,19 @@ def test_either_parser_refuses_an_oversized_head_and_serves_a_normal_one(tmp_pat
             answer = sock.recv(65536)
             assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
             assert sock.recv(65536) == b""  # then closed
+
+
+def test_python_m_server_refuses_a_variant_the_artifact_cannot_serve(tmp_path):
+    from server.settings import Settings
+    from server.startup import startup_problems
+    from tests.support import make_spec, write_toy_onnx
+
+    spec = make_spec().model_copy(update={"variants": int8_spec(True).variants})
+    for variant in spec.variants:
+        write_toy_onnx(tmp_path / variant.file, spec)
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    settings_ = Settings(artifact=tmp_path, gallery_dir=tmp_path / "g", create_gallery=True, _env_file=None)
+    assert startup_problems(settings_) == []
+    for name, why in [("int4", "no such variant"), ("fp16", "no such variant")]:
+        problems = startup_problems(settings_.model_copy(update={"model_variant": name}))
+        assert len(problems) == 1 and f"REID_MODEL_VARIANT={name}" in problems[0] and why in problems[0]
