@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support import FakeEmbedder, LiveServer, gallery_settings, person_crops
 
@@ -21,6 +22,7 @@ EXAMPLES = 25
 TRACK_ROUTES = "^/v1/(tracks|identities)"
 
 
+@pytest.mark.slow
 def test_schemathesis_with_every_check_finds_nothing(tmp_path):
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     assert st, "schemathesis's `st` is installed with the dev extra"
