@@ -89,6 +89,9 @@ def plan_passes(s: VideoSettings, seed: int, horizon: float) -> list[Pass]:
         t = 1.5 + float(rng.exponential(60.0 / s.passes_per_minute))  # after the background is learned
         while t < s.seconds - 3.0:
             free = [p for p in range(s.people) if busy.get(p, -1.0) < t]
+            if not free:  # everyone is in view: the next walk starts when someone has left
+                t = min(busy.values()) + 0.1
+                continue
             group = 2 if rng.random() < s.pairs and len(free) >= 2 else 1
             who = rng.choice(free, size=group, replace=False)
             direction = float(rng.choice([-1.0, 1.0]))
@@ -109,7 +112,7 @@ def plan_passes(s: VideoSettings, seed: int, horizon: float) -> list[Pass]:
                 phase = float(rng.uniform(0, 2 * math.pi))
                 passes.append(Pass(ids[k], int(person), cam, t, x, y, dx, dy, speed, partner, phase))
                 crossing = (s.width + 1.6 * h) / (speed / METRES * h)
-                busy[int(person)] = t + crossing * 2 + 2.0
+                busy[int(person)] = t + crossing + 1.0
             t += float(rng.exponential(60.0 / s.passes_per_minute)) * group
     return passes
 
