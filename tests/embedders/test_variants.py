@@ -188,3 +188,11 @@ def test_a_named_variant_is_refused_before_start_where_the_artifact_records_none
     assert OnnxEmbedder(artifact=tmp_path, variant="fp32").choose() is None
     with pytest.raises(VariantRefused, match="REID_MODEL_VARIANT=int8: .* has no spec.json"):
         OnnxEmbedder(artifact=tmp_path, variant="int8").choose()
+
+
+def test_triton_reports_the_variant_its_model_repository_serves():
+    from embedders.triton import config_variant
+
+    spec = spec_with(FP32, variant("tensorrt-fp16", device="gpu", runtime="tensorrt", file="model.plan"))
+    assert config_variant({"platform": "tensorrt_plan"}, spec) == "tensorrt-fp16"
+    assert config_variant({"backend": "onnxruntime"}, spec) == "fp32"
