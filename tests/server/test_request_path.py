@@ -19,7 +19,7 @@ def threadpool_calls(monkeypatch):
     original = server.resources.run_in_threadpool
 
     async def counting(fn, *args, **kwargs):
-        calls.append(fn.__qualname__)
+        calls.append(getattr(fn, "__qualname__", repr(fn)))  # a partial has none
         return await original(fn, *args, **kwargs)
 
     monkeypatch.setattr(server.resources, "run_in_threadpool", counting)

@@ -161,12 +161,14 @@ def test_no_calibration_and_no_threshold_gives_a_null_verdict(tmp_path):
 def test_the_client_parses_the_verdict_fields_and_the_schema_documents_them(tmp_path):
     with serve(tmp_path, target_far=0.05) as url, ReIDClient(url) as reid, httpx.Client(base_url=url) as client:
         enrol(client)
-        schema = client.get("/openapi.json").json()["components"]["schemas"]
+        spec = client.get("/openapi.json").json()
         result = reid.search(ENROLLED[4])
+    schema = spec["components"]["schemas"]
+    answer = spec["paths"]["/v1/search"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert result.verdict == "match" and result.target_far == 0.05 and result.threshold == 0.75
     c = result.calibration
     assert (c.source, c.far, c.dir, c.exact, c.gallery_identities) == ("artifact", 0.01, 0.5, False, 80)
-    assert {"target_far", "calibration", "threshold"} <= set(schema["SearchResponse"]["properties"])
+    assert {"target_far", "calibration", "threshold"} <= set(schema[answer["$ref"].rsplit("/", 1)[1]]["properties"])
     assert {"source", "dir", "measured_far", "gallery_identities", "note"} <= set(
         schema["VerdictCalibration"]["properties"]
     )
