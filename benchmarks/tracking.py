@@ -64,6 +64,7 @@ VARIANTS: dict[str, dict] = {
     "match_0.9_lost_4s": {"matching_threshold": 0.9, "lost_seconds": 4.0},
     "match_0.95": {"matching_threshold": 0.95},
     "activation_0.3_match_0.9": {"activation_threshold": 0.3, "matching_threshold": 0.9},
+    "activation_0.3_lost_1s": {"activation_threshold": 0.3, "lost_seconds": 1.0},
 }
 
 
