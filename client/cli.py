@@ -43,6 +43,8 @@ def _print_search(result: SearchResult) -> None:
         if c.note:
             print(f"note: {c.note}")
     print(f"timings: decode {t.decode_ms:.1f} ms, embed {t.embed_ms:.1f} ms, search {t.search_ms:.1f} ms")
+    for name, values in result.unmatched_filters.items():
+        print(f"note: no gallery item has these {name}: {', '.join(values)}")
     print("\nidentities")
     print(f"  {'rank':>4}  {'person':<12} {'score':>7} {'hits':>5} {'best id':>8}")
     for rank, identity in enumerate(result.identities, 1):
@@ -212,6 +214,7 @@ def cmd_gallery_reembed(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     # Reads and writes the gallery itself (no server): index.calibrate runs as a child, as ingestion.bulk does.
     gallery_location(args.gallery, "the gallery")
+    print(f"reid calibrate: gallery {args.gallery}", file=sys.stderr)
     command = [sys.executable, "-m", "index.calibrate", str(args.gallery), "--far", *map(str, args.far)]
     command += ["--top-k", str(args.top_k)]
     command += ["--dry-run"] * args.dry_run + ["--json"] * args.json
@@ -222,6 +225,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     # Reads and writes the gallery itself (no server): ingestion.link runs as a child, as ingestion.bulk does.
     if args.gallery is not None:
         gallery_location(args.gallery, "the gallery")
+    print(f"reid calibrate: gallery {args.gallery}", file=sys.stderr)
     command = [sys.executable, "-m", "ingestion.link", "--far", str(args.far)]
     command += ["--gallery", args.gallery] * (args.gallery is not None) + ["--full"] * args.full
     command += ["--topology", str(args.topology)] * (args.topology is not None) + ["--json"] * args.json

@@ -127,3 +127,9 @@ def test_index_into_a_gallery_names_each_bad_file_and_exits_1(capfd, tmp_path):
     out, err = capfd.readouterr()
     assert "indexed 1" in out and "0002_c1s1_000100_01.png" in out and "could not be added" in err
     assert f"-> gallery {tmp_path / 'G'}" in err  # where it writes, said on start
+
+
+def test_search_says_which_filter_values_match_nothing(capsys, url, tmp_path):
+    (tmp_path / "q.png").write_bytes(CROPS[0])
+    status, out, _ = run(capsys, "--url", url, "--api-key", ADMIN, "search", str(tmp_path / "q.png"), "--camera", "99")
+    assert status == 0 and "no gallery item has these cameras: 99" in out
