@@ -225,7 +225,6 @@ def cmd_link(args: argparse.Namespace) -> int:
     # Reads and writes the gallery itself (no server): ingestion.link runs as a child, as ingestion.bulk does.
     if args.gallery is not None:
         gallery_location(args.gallery, "the gallery")
-    print(f"reid calibrate: gallery {args.gallery}", file=sys.stderr)
     command = [sys.executable, "-m", "ingestion.link", "--far", str(args.far)]
     command += ["--gallery", args.gallery] * (args.gallery is not None) + ["--full"] * args.full
     command += ["--topology", str(args.topology)] * (args.topology is not None) + ["--json"] * args.json
