@@ -1,6 +1,8 @@
 """The console (/console) in a real browser: Debian's chromium driven by chromedriver through Selenium, headless,
 against the real app under uvicorn on 127.0.0.1 with the tiny exported model and a gallery of synthetic people
-(kept crops, cameras, capture times, tracks). Every test ends by checking that the page made no request outside
+(kept crops, cameras, capture times, tracks whose ids hold a "/", linked into identities through the admin route
+POST /v1/identities/link, plus a track with no capture time, which linking leaves out, and an item in no track).
+Every test ends by checking that the page made no request outside
 127.0.0.1 (chromium's network log) and logged no error (its console log) beyond the ones the test provoked.
 
 REID_SCREENSHOTS=DIR saves the screenshots the README shows (console-search.png, console-timeline.png) in DIR.
@@ -49,15 +51,18 @@ class Item:
     path: Path
     person: str
     camera: str
-    captured_at: float
-    track: str
+    captured_at: float | None
+    track: str | None
 
 
 @dataclass
 class Console:
     url: str
-    items: list[Item]
+    items: list[Item]  # the people: one track per person and camera
     erasable: Item  # an item no other test searches for: the erase tests remove it
+    unlinked: Item  # the one item of a track without capture times: linking leaves it without an identity
+    loose: Item  # an item in no track
+    linked: dict  # GET /v1/identities/{id} of an identity whose tracks are on two cameras or more
     not_an_image: Path
 
 
@@ -66,17 +71,32 @@ def _describe(path: Path) -> tuple[str, str, float, str]:
     person, cam_seq, frame, _ = path.stem.split("_")
     camera = cam_seq[1 : cam_seq.index("s")]
     captured_at = BASE_TIME + int(camera) * 900 + int(frame) % 600  # cameras a quarter of an hour apart
-    return person, camera, captured_at, f"{person}-c{camera}"
+    return person, camera, captured_at, f"c{camera}/{person}"  # a "/" in a track id: the page must encode it
 
 
-def _add(client: httpx.Client, path: Path, person: str, camera: str, captured_at: float, track: str) -> int:
-    r = client.post(
-        "/v1/gallery",
-        files={"images": (path.name, path.read_bytes(), "image/jpeg")},
-        data={"person_id": person, "camera_id": camera, "captured_at": str(captured_at), "track_id": track},
-    )
+def _add(client: httpx.Client, item: Item) -> Item:
+    data = {"person_id": item.person, "camera_id": item.camera}
+    if item.captured_at is not None:
+        data["captured_at"] = str(item.captured_at)
+    if item.track is not None:
+        data["track_id"] = item.track
+    files = {"images": (item.path.name, item.path.read_bytes(), "image/jpeg")}
+    r = client.post("/v1/gallery", files=files, data=data)
     assert r.status_code == 201, r.text
-    return r.json()["ids"][0]
+    item.id = r.json()["ids"][0]
+    return item
+
+
+def _linked_across_cameras(client: httpx.Client, track: str) -> dict:
+    """Link the gallery's tracks through the admin route, and answer the timeline of the identity of ``track``."""
+    r = client.post("/v1/identities/link")
+    assert r.status_code == 200, r.text
+    assert r.json()["untimed"] == 1  # the track without capture times
+    identity = client.get(f"/v1/tracks/{track}").json()["identity_id"]
+    timeline = client.get(f"/v1/identities/{identity}").json()
+    # the tiny model, trained on these people, links a person's passes by several cameras
+    assert len({e["camera_id"] for e in timeline["timeline"]}) >= 2, timeline
+    return timeline
 
 
 @pytest.fixture(scope="module")
@@ -94,25 +114,16 @@ def console(tiny_artifact, synth_data, tmp_path_factory) -> Iterator[Console]:
     )
     crops = [p for p in sorted((synth_data / "bounding_box_test").glob("*.jpg")) if not p.name.startswith("0000_")]
     with LiveServer(settings) as url, httpx.Client(base_url=url, headers={"X-API-Key": ADMIN}, timeout=60) as client:
-        items = []
-        for path in crops:
-            person, camera, captured_at, track = _describe(path)
-            items.append(
-                Item(_add(client, path, person, camera, captured_at, track), path, person, camera, captured_at, track)
-            )
-        # A query crop of the last person: the searches for the first person (the screenshots) do not show it.
-        query = next(q for q in sorted((synth_data / "query").glob("*.jpg")) if q.name.startswith(items[-1].person))
-        erasable = Item(
-            _add(client, query, "erase-me", "9", BASE_TIME, "erase-me-c9"),
-            query,
-            "erase-me",
-            "9",
-            BASE_TIME,
-            "erase-me-c9",
-        )
+        items = [_add(client, Item(0, path, *_describe(path))) for path in crops]
+        # Query crops of the other people: the searches for the first person (the screenshots) rank them low.
+        queries = sorted(q for q in (synth_data / "query").glob("*.jpg") if not q.name.startswith(items[0].person))
+        erasable = _add(client, Item(0, queries[-1], "erase-me", "9", BASE_TIME, "c9/erase-me"))
+        unlinked = _add(client, Item(0, queries[-2], "walk-in", "9", None, "c9/walk-in"))
+        loose = _add(client, Item(0, queries[-3], "no-track", "9", None, None))
+        linked = _linked_across_cameras(client, items[0].track)
         not_an_image = tmp / "notes.png"
         not_an_image.write_text("these are notes, not a picture\n")
-        yield Console(url, items, erasable, not_an_image)
+        yield Console(url, items, erasable, unlinked, loose, linked, not_an_image)
 
 
 HOSTILE = '<img src=x onerror="document.title=1">&amp;</dd>'  # a person id a client could add: text, never markup
@@ -335,7 +346,7 @@ def test_search_with_one_crop_shows_hits_with_images_and_the_verdict(page, conso
     open_console(page, console.url)
     sign_in(page, READER)
     stats = facts(page.find_element(By.ID, "gallery-stats"))
-    assert int(stats["Items"]) == len(console.items) + 1 and stats["Ready"].startswith("yes")
+    assert int(stats["Items"]) == len(console.items) + 3 and stats["Ready"].startswith("yes")
     assert page.execute_script("return sessionStorage.getItem('reid.console.apiKey')") == READER
     assert READER not in page.current_url and not page.get_cookies()
     query = console.items[0]
@@ -349,43 +360,94 @@ def test_search_with_one_crop_shows_hits_with_images_and_the_verdict(page, conso
     assert f"threshold {TINY_THRESHOLD['score']:.3f}" in verdict
     groups = page.find_elements(By.CSS_SELECTOR, "[data-results] [data-track]")
     assert groups and groups[0].get_attribute("data-track") == query.track  # grouped by track, best first
+    for group in groups:  # the answer's tracks, each holding its own hits
+        track = group.get_attribute("data-track")
+        assert {facts(h)["Track"] for h in group.find_elements(By.CSS_SELECTOR, "[data-hit]")} == {track or "—"}
+    with httpx.Client(base_url=console.url, headers={"X-API-Key": READER}) as client:
+        identity = client.get(f"/v1/tracks/{query.track}").json()["identity_id"]
+    assert identity is not None and f"identity {identity}" in groups[0].find_element(By.TAG_NAME, "h3").text
     screenshot(page, "console-search.png")
 
 
-def test_camera_filter_and_a_persons_path(page, console):
+def show_path(driver: WebDriver, hit: WebElement) -> list[WebElement]:
+    """Open the path of ``hit`` with the keyboard; the path's steps, once their images are shown."""
+    old = driver.find_elements(By.CSS_SELECTOR, "[data-timeline] [data-step]")
+    hit.find_element(By.XPATH, ".//button[text()='Show path']").send_keys(Keys.ENTER)
+
+    def shown(d: WebDriver) -> list[WebElement]:
+        return (not old or _stale(old[0])) and d.find_elements(By.CSS_SELECTOR, "[data-timeline] [data-step]")
+
+    steps = wait_for(driver, shown, "the path")
+    wait_for(driver, lambda d: all(_image_loaded(d, s) for s in steps), "the path's images")
+    assert driver.switch_to.active_element.get_attribute("id") == "timeline-title"
+    return steps
+
+
+def test_camera_filter_and_the_identitys_path_across_cameras(page, console):
     open_console(page, console.url)
     sign_in(page, READER)
-    query = console.items[0]
-    other = next(i.camera for i in console.items if i.camera != query.camera)
-    hits = search(page, [query.path], cameras=other, top_k=20)
-    assert hits and {facts(h)["Camera"] for h in hits} == {other}
-    assert query.id not in hit_ids(hits)
-
-    hits[0].find_element(By.XPATH, ".//button[text()='Show path']").send_keys(Keys.ENTER)
-    steps = wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-timeline] [data-step]"), "the path")
-    wait_for(page, lambda d: all(_image_loaded(d, s) for s in steps), "the path's images")
-    person = facts(hits[0])["Person"]
+    timeline = console.linked["timeline"]
+    first, later = timeline[0], next(e for e in timeline if e["camera_id"] != timeline[0]["camera_id"])
     by_id = {i.id: i for i in console.items}
-    shown = [by_id[int(s.get_attribute("data-step"))] for s in steps]
-    assert {i.person for i in shown} == {person}
-    assert len(shown) == sum(i.person == person for i in console.items)  # every camera, not only the filtered one
-    assert [i.captured_at for i in shown] == sorted(i.captured_at for i in shown)
+    query = by_id[first["best_item_id"]]
+    hits = search(page, [query.path], cameras=f"{later['camera_id']}, nowhere", top_k=20)
+    assert hits and {facts(h)["Camera"] for h in hits} == {later["camera_id"]}
+    assert query.id not in hit_ids(hits)
+    hint = page.find_element(By.ID, "unmatched")
+    assert hint.is_displayed() and "camera nowhere" in hint.text and later["camera_id"] not in hint.text
+
+    hit = next(h for h in hits if facts(h)["Track"] == later["track_id"])
+    steps = show_path(page, hit)
+    # the identity's timeline, every camera (not only the filtered one), in time order, one best crop per track
+    assert [s.get_attribute("data-step-track") for s in steps] == [e["track_id"] for e in timeline]
+    assert [int(s.get_attribute("data-step")) for s in steps] == [e["best_item_id"] for e in timeline]
     visits = page.find_elements(By.CSS_SELECTOR, "[data-timeline] > li h3")
-    assert [v.text.split(" · ")[0] for v in visits][0] == f"Camera {shown[0].camera}"
-    assert page.switch_to.active_element.get_attribute("id") == "timeline-title"
+    assert [v.text.split(" · ")[0] for v in visits] == [f"Camera {e['camera_id']}" for e in timeline]
+    assert len({e["camera_id"] for e in timeline}) >= 2
+    here = page.find_element(By.CSS_SELECTOR, "[data-timeline] [aria-current='step']")
+    assert here.find_element(By.CSS_SELECTOR, "[data-step]").get_attribute("data-step-track") == later["track_id"]
+    assert f"Identity {console.linked['identity_id']}" in page.find_element(By.ID, "timeline-note").text
     page.execute_script("document.getElementById('timeline-title').scrollIntoView()")
     screenshot(page, "console-timeline.png")
 
 
-def test_search_with_two_crops_of_one_person(page, console):
+def test_a_path_without_an_identity_is_the_tracks_crops_or_the_persons_items(page, console):
+    open_console(page, console.url)
+    sign_in(page, READER)
+    with httpx.Client(base_url=console.url, headers={"X-API-Key": READER}) as client:
+        track = client.get(f"/v1/tracks/{console.unlinked.track}").json()
+    assert track["identity_id"] is None  # no capture time: linking left it out
+    hits = search(page, [console.unlinked.path], top_k=3)
+    assert hit_ids(hits)[0] == console.unlinked.id
+    steps = show_path(page, hits[0])
+    assert [int(s.get_attribute("data-step")) for s in steps] == [i["id"] for i in track["items"]]
+    assert "not linked to an identity" in page.find_element(By.ID, "timeline-note").text
+
+    hits = search(page, [console.loose.path], top_k=3)
+    assert hit_ids(hits)[0] == console.loose.id and facts(hits[0])["Track"] == "—"
+    steps = show_path(page, hits[0])  # no track: the items labelled with its person
+    assert [int(s.get_attribute("data-step")) for s in steps] == [console.loose.id]
+    assert f"Person {console.loose.person}" in page.find_element(By.ID, "timeline-note").text
+
+
+def search_requests(url: str) -> float:
+    """POST /v1/search requests the server has answered with 200 (its Prometheus counter)."""
+    text = httpx.get(f"{url}/metrics").text
+    line = 'reid_http_requests_total{method="POST",route="/v1/search",status="200"} '
+    return sum(float(row[len(line) :]) for row in text.splitlines() if row.startswith(line))
+
+
+def test_search_with_two_crops_of_one_person_is_one_query(page, console):
     open_console(page, console.url)
     sign_in(page, READER)
     person = console.items[0].person
     first, second = [i for i in console.items if i.person == person and i.camera != console.items[0].camera][:2]
+    before = search_requests(console.url)
     hits = search(page, [first.path, second.path], top_k=20)
+    assert search_requests(console.url) == before + 1  # both crops in one request: one query, pooled by the server
     assert {first.id, second.id} <= set(hit_ids(hits))
     assert facts(hits[0])["Person"] == person
-    assert "2 crops" in page.find_element(By.ID, "results-note").text
+    assert "2 crops, searched as one query" in page.find_element(By.ID, "results-note").text
     previews = page.find_elements(By.CSS_SELECTOR, "#previews img")
     assert len(previews) == 2
 
@@ -414,7 +476,9 @@ def test_an_admin_erases_an_item_after_confirming(page, console):
         assert not page.find_elements(By.CSS_SELECTOR, f"[data-hit='{target.id}']")
         assert not page.find_elements(By.CSS_SELECTOR, f"[data-track='{target.track}']")  # its track had only it
         assert client.get(f"/v1/gallery/{target.id}").status_code == 404
-    wait_for(page, lambda d: facts(d.find_element(By.ID, "gallery-stats"))["Items"] == str(len(console.items)), "count")
+    wait_for(
+        page, lambda d: facts(d.find_element(By.ID, "gallery-stats"))["Items"] == str(len(console.items) + 2), "count"
+    )
 
 
 def test_a_read_key_cannot_erase_and_is_told_why(page, console):

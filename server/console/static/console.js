@@ -13,9 +13,9 @@
   const state = {
     key: null,
     crops: [], // the File objects of the last search, reused for a person's path
-    hits: [], // the last search's hits, merged over its crops
+    hits: [], // the last search's hits
+    tracks: new Map(), // track id -> the last search's summary of that track (its identity_id among others)
     images: new Map(), // gallery id -> Promise of a blob: URL (or null when the item has no kept image)
-    pooled: null, // whether POST /v1/search takes several images as one query (read from /openapi.json)
     readOnly: false, // learned from a 403: the key may not erase
     pendingErase: null,
   };
@@ -233,6 +233,7 @@
     $("results").replaceChildren();
     $("timeline").replaceChildren();
     $("verdict").hidden = true;
+    $("unmatched").hidden = true;
     $("api-key").focus();
   }
 
@@ -265,30 +266,18 @@
 
   // ---- search --------------------------------------------------------------------------------------------
 
-  // Whether the server pools several image parts into one query; otherwise each crop is searched on its own.
-  async function searchPoolsCrops() {
-    if (state.pooled === null) {
-      try {
-        const schema = await (await api("/openapi.json", { auth: false })).json();
-        const ref = schema.paths["/v1/search"].post.requestBody.content["multipart/form-data"].schema.$ref;
-        const form = schema.components.schemas[ref.split("/").pop()];
-        state.pooled = form.properties.image.type === "array";
-      } catch {
-        state.pooled = false;
-      }
-    }
-    return state.pooled;
-  }
-
   function unixSeconds(id) {
     const value = $(id).value;
     return value ? String(new Date(value).getTime() / 1000) : null;
   }
 
-  function searchForm(files, { personId = null, topK, useFilters = true }) {
+  // Several crops are one query: every crop is an "image" part of one request, and the server pools them. The
+  // page is served by the same server as the API, so it never meets a server that answers each crop alone.
+  function searchForm(files, { personId = null, topK, useFilters = true, byTrack = false }) {
     const form = new FormData();
     for (const file of files) form.append("image", file, file.name);
     form.append("top_k", String(topK));
+    if (byTrack) form.append("group_by", "track");
     if (personId !== null) form.append("person_ids", personId);
     if (useFilters) {
       for (const camera of $("cameras").value.split(",").map((c) => c.trim()).filter(Boolean)) form.append("cameras", camera);
@@ -300,26 +289,8 @@
     return form;
   }
 
-  // One answer for the crops: one pooled request where the server supports it, else one request per crop,
-  // merged (each gallery item keeps its best score over the crops; the verdict of the best-scoring answer).
   async function runSearch(files, options) {
-    if (files.length === 1 || (await searchPoolsCrops())) {
-      return { answer: await (await api("/v1/search", { method: "POST", form: searchForm(files, options) })).json(), separate: false };
-    }
-    const answers = [];
-    for (const file of files) {
-      answers.push(await (await api("/v1/search", { method: "POST", form: searchForm([file], options) })).json());
-    }
-    const best = new Map();
-    for (const answer of answers) {
-      for (const hit of answer.hits) {
-        if (!best.has(hit.id) || best.get(hit.id).score < hit.score) best.set(hit.id, hit);
-      }
-    }
-    const top = (a) => (a.identities.length ? a.identities[0].score : -Infinity);
-    const lead = answers.reduce((a, b) => (top(b) > top(a) ? b : a));
-    const hits = [...best.values()].sort((a, b) => b.score - a.score).slice(0, options.topK);
-    return { answer: { ...lead, hits }, separate: true };
+    return (await api("/v1/search", { method: "POST", form: searchForm(files, options) })).json();
   }
 
   async function search(event) {
@@ -339,10 +310,11 @@
     results.setAttribute("aria-busy", "true");
     button.disabled = true;
     try {
-      const { answer, separate } = await runSearch(files, { topK });
+      const answer = await runSearch(files, { topK, byTrack: $("group-tracks").checked });
       state.crops = files;
       state.hits = answer.hits;
-      showResults(answer, files.length, separate);
+      state.tracks = new Map((answer.tracks || []).map((t) => [t.track_id, t]));
+      showResults(answer, files.length);
       setStatus(`${answer.hits.length} result${answer.hits.length === 1 ? "" : "s"}.`);
       $("results-title").focus();
     } catch (err) {
@@ -375,18 +347,13 @@
     if (note) p.append(el("span", { className: "hint block", text: `Note: ${note}.` }));
   }
 
-  function showResults(answer, nCrops, separate) {
+  function showResults(answer, nCrops) {
     showVerdict(answer);
+    showUnmatched(answer.unmatched_filters || {});
+    const tracks = answer.tracks || [];
     const note = [];
-    if (nCrops > 1) {
-      note.push(
-        separate
-          ? `${nCrops} crops, searched one by one (this server does not pool several crops into one query); each result shows its best score over the crops.`
-          : `${nCrops} crops, searched as one query.`,
-      );
-    }
-    const grouped = $("group-tracks").checked && answer.hits.some((h) => h.track_id);
-    if (grouped) note.push("Grouped by track, best track first.");
+    if (nCrops > 1) note.push(`${nCrops} crops, searched as one query (the server pools them).`);
+    if (tracks.length) note.push("Grouped by track, best track first.");
     $("results-note").textContent = note.join(" ");
     const results = $("results");
     results.replaceChildren();
@@ -394,23 +361,52 @@
       results.append(el("p", { text: "No gallery item matches these filters." }));
       return;
     }
-    if (!grouped) {
+    if (!tracks.length) {
       results.append(el("ul", { className: "grid" }, ...answer.hits.map((h) => hitCard(h, answer.threshold))));
       return;
     }
-    const groups = new Map();
+    // Each of the answer's tracks where its best hit ranks (the answer lists them best first); hits outside them (no
+    // track, or one erased meanwhile) keep their rank too, consecutive ones together.
+    const byId = new Map(tracks.map((t) => [t.track_id, t]));
+    const groups = [];
+    const open = new Map();
     for (const hit of answer.hits) {
-      const key = hit.track_id || "";
-      if (!groups.has(key)) groups.set(key, []);
-      groups.get(key).push(hit);
+      const track = byId.get(hit.track_id);
+      let group = track ? open.get(track.track_id) : groups[groups.length - 1];
+      if (!group || (!track && group.track)) {
+        group = { track, hits: [] };
+        groups.push(group);
+        if (track) open.set(track.track_id, group);
+      }
+      group.hits.push(hit);
     }
-    for (const [track, hits] of groups) {
-      const cameras = [...new Set(hits.map((h) => h.camera_id || "unknown"))].join(", ");
-      const span = timeSpan(hits);
-      const title = track ? `Track ${track}` : "Not in a track";
-      const head = el("h3", { text: title }, el("span", { className: "hint", text: ` · camera ${cameras} · ${span} · best ${score(hits[0].score)}` }));
-      results.append(el("section", { className: "track", "data-track": track }, head, el("ul", { className: "grid" }, ...hits.map((h) => hitCard(h, answer.threshold)))));
+    for (const { track, hits } of groups) {
+      const head = track ? trackHead(track) : el("h3", { text: "Not in a track" });
+      results.append(trackGroup(track ? track.track_id : "", head, hits, answer.threshold));
     }
+  }
+
+  function trackHead(track) {
+    const span = timeSpan([{ captured_at: track.first_seen }, { captured_at: track.last_seen }]);
+    const crops = `${track.n_items} crop${track.n_items === 1 ? "" : "s"}`;
+    const who = track.identity_id === null || track.identity_id === undefined ? "not linked" : `identity ${track.identity_id}`;
+    const about = ` · camera ${track.camera_id || "unknown"} · ${span} · ${crops} · ${who} · best ${score(track.score)}`;
+    return el("h3", { text: `Track ${track.track_id}` }, el("span", { className: "hint", text: about }));
+  }
+
+  function trackGroup(track, head, hits, threshold) {
+    return el("section", { className: "track", "data-track": track }, head, el("ul", { className: "grid" }, ...hits.map((h) => hitCard(h, threshold))));
+  }
+
+  // Filter values no gallery item has (a mistyped camera or person): said plainly, since they explain few results.
+  function showUnmatched(unmatched) {
+    const names = { cameras: "camera", exclude_cameras: "excluded camera", person_ids: "person" };
+    const parts = Object.entries(unmatched)
+      .filter(([, values]) => values && values.length)
+      .map(([field, values]) => `${names[field] || field} ${values.join(", ")}`);
+    const p = $("unmatched");
+    p.textContent = parts.length ? `No gallery item has ${parts.join("; ")}: check the spelling.` : "";
+    p.hidden = !parts.length;
   }
 
   function hitCard(hit, threshold) {
@@ -434,31 +430,75 @@
 
   // ---- a person's path -----------------------------------------------------------------------------------
 
-  // Until identities across cameras exist, a named person's path is the gallery items labelled with that person
-  // (searched with the same crops, every camera and time), and an unnamed track's path is its hits in the results.
+  // The path of the person in a hit: the identity's timeline across cameras when linking gave the hit's track one
+  // (GET /v1/identities/{id}); else the track's crops in time order (GET /v1/tracks/{id}); a hit without a track,
+  // the gallery items labelled with its person (searched with the same crops, every camera and time).
   async function showPath(hit) {
-    const list = $("timeline");
-    const note = $("timeline-note");
-    let items;
     showError("");
-    if (hit.person_id) {
-      setStatus(`Finding where person ${hit.person_id} was seen…`);
-      try {
-        const { answer } = await runSearch(state.crops, { personId: hit.person_id, topK: LIMITS.maxTopK, useFilters: false });
-        items = answer.hits;
-      } catch (err) {
-        fail(err, "Finding the person's path");
-        return;
+    setStatus("Finding where this person was seen…");
+    let path;
+    try {
+      path = await findPath(hit);
+    } catch (err) {
+      fail(err, "Finding the person's path");
+      return;
+    }
+    $("timeline-note").textContent = path.note;
+    $("timeline").replaceChildren(...path.entries);
+    setStatus(path.status);
+    $("timeline-title").focus();
+  }
+
+  async function findPath(hit) {
+    let identity = null;
+    let track = null;
+    if (hit.track_id) {
+      const known = state.tracks.get(hit.track_id);
+      identity = known ? known.identity_id : null;
+      if (identity === null || identity === undefined) {
+        track = await (await api(`/v1/tracks/${encodeURIComponent(hit.track_id)}`)).json();
+        identity = track.identity_id;
       }
-      note.textContent = `Person ${hit.person_id}: the gallery items labelled with this person (up to ${LIMITS.maxTopK}), in the order they were seen. Identities linked across cameras are not available on this server yet.`;
+    }
+    if (identity !== null && identity !== undefined) {
+      const { timeline } = await (await api(`/v1/identities/${encodeURIComponent(identity)}`)).json();
+      const cameras = new Set(timeline.map((t) => t.camera_id || "unknown")).size;
+      return {
+        note: `Identity ${identity}: ${timeline.length} track${timeline.length === 1 ? "" : "s"} on ${cameras} camera${cameras === 1 ? "" : "s"} that linking joined, in the order they were seen; each with its best crop.`,
+        entries: timeline.map((entry) => timelineEntry(entry, hit.track_id)),
+        status: `${timeline.length} sighting${timeline.length === 1 ? "" : "s"} on the path.`,
+      };
+    }
+    let items;
+    let note;
+    if (track) {
+      items = track.items;
+      note = `Track ${track.track_id}: its ${items.length} crop${items.length === 1 ? "" : "s"} in the order they were seen. It is not linked to an identity yet, so other cameras are not shown.`;
+    } else if (hit.person_id) {
+      items = (await runSearch(state.crops, { personId: hit.person_id, topK: LIMITS.maxTopK, useFilters: false })).hits;
+      note = `Person ${hit.person_id}: the gallery items labelled with this person (up to ${LIMITS.maxTopK}), in the order they were seen. This item is in no track, so no linked path exists.`;
     } else {
-      items = state.hits.filter((h) => h.track_id && h.track_id === hit.track_id);
-      note.textContent = `Track ${hit.track_id || "unknown"}: its items among these results, in the order they were seen.`;
+      items = [hit];
+      note = "This item is in no track and names no person: it is its own path.";
     }
     items = [...items].sort((a, b) => (a.captured_at ?? Infinity) - (b.captured_at ?? Infinity));
-    list.replaceChildren(...cameraVisits(items).map(visitEntry));
-    setStatus(`${items.length} sighting${items.length === 1 ? "" : "s"} on the path.`);
-    $("timeline-title").focus();
+    return { note, entries: cameraVisits(items).map(visitEntry), status: `${items.length} sighting${items.length === 1 ? "" : "s"} on the path.` };
+  }
+
+  // One track of an identity's timeline: its camera, when, how many crops, and its best crop.
+  function timelineEntry(entry, hitTrack) {
+    const span = timeSpan([{ captured_at: entry.first_seen }, { captured_at: entry.last_seen }]);
+    const crops = `${entry.n_items} crop${entry.n_items === 1 ? "" : "s"}`;
+    const head = el("h3", { text: `Camera ${entry.camera_id || "unknown"}` }, el("span", { className: "hint", text: ` · ${span} · ${crops}` }));
+    const here = entry.track_id === hitTrack;
+    const label = `Track ${entry.track_id}${here ? " (this result's track)" : ""}`;
+    const step = el(
+      "li",
+      { "data-step": String(entry.best_item_id), "data-step-track": entry.track_id },
+      thumbnail(entry.best_item_id, `Best crop of track ${entry.track_id} on camera ${entry.camera_id || "unknown"}`),
+      el("span", { className: "hint", text: label }),
+    );
+    return el("li", { className: here ? "visit here" : "visit", "aria-current": here ? "step" : null }, head, el("ul", { className: "strip" }, step));
   }
 
   // Consecutive items on the same camera are one visit.
