@@ -34,10 +34,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP) ## create .venv and install the project with the dev extra (quick when done)
 
-lint: setup ## ruff check, ruff format --check, the import contracts (lint-imports), and the docs build
+lint: setup ## ruff check, ruff format --check, the import contracts (lint-imports), mypy, and the docs build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy formats embedders index ingestion server client
 	$(VENV)/bin/mkdocs build --strict
 
 docs: setup ## build the reference pages (docs/, mkdocs.yml) into site/, strict: a broken link, anchor or page fails

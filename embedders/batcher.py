@@ -47,6 +47,7 @@ class MicroBatcher:
         if not self._queue:
             self._head_arrived_idle = not self._running
         self._queue.append((images, future, time.monotonic()))
+        assert self._arrived is not None  # made with the worker, above
         self._arrived.set()
         return await future
 
@@ -54,6 +55,7 @@ class MicroBatcher:
         return sum(len(images) for images, _, _ in self._queue)
 
     async def _work(self) -> None:
+        assert self._arrived is not None  # submit() makes it before starting this worker
         while True:
             while not self._queue:
                 self._arrived.clear()

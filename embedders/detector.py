@@ -140,7 +140,7 @@ class MotionDetector(Detector):
     ) -> None:
         self.history, self.var_threshold, self.warmup = history, var_threshold, warmup
         self.min_height, self.aspect, self.nms_iou = min_height, aspect, nms_iou
-        self._mog = None
+        self._mog: cv2.BackgroundSubtractorMOG2 | None = None
         self._seen = 0
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
@@ -155,7 +155,7 @@ class MotionDetector(Detector):
         self._seen += 1
         if self._seen <= self.warmup:
             return Boxes.empty()
-        fg = np.where(mask == 255, 255, 0).astype(np.uint8)
+        fg: np.ndarray = np.where(mask == 255, 255, 0).astype(np.uint8)
         fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, self._kernel)
         fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self._kernel, iterations=2)
         n, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -166,7 +167,7 @@ class LocalTriton:
         self.model_names: list[str] = []
         self._workdir: Path | None = None
         self._process: subprocess.Popen | None = None
-        self._log_handle = None
+        self._log_handle: io.BufferedWriter | None = None
 
     @property
     def url_grpc(self) -> str:
@@ -237,6 +238,7 @@ class LocalTriton:
 
     def _wait_ready(self, log_file: Path) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
+        assert self._process is not None  # started just before
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 tail = log_file.read_text(errors="replace")[-3000:]

@@ -105,7 +105,9 @@ class OnnxEmbedder(Embedder):
         if (model_path is None) == (artifact is None):
             raise ValueError("give an ONNX model_path or an artifact folder, not both")
         self.artifact = Path(artifact) if artifact is not None else None
-        self.model_path = Path(model_path) if model_path is not None else Path(cast(Path | str, artifact)) / "model.onnx"
+        self.model_path = (
+            Path(model_path) if model_path is not None else Path(cast(Path | str, artifact)) / "model.onnx"
+        )
         self.requested_variant = variant
         self.variant = FP32 if variant is None else variant  # the served one, known after start()
         self.providers = providers
@@ -125,9 +127,9 @@ class OnnxEmbedder(Embedder):
             return None
         artifact_spec = read_artifact_spec(self.artifact)
         if artifact_spec is not None:
-            self.model_path = (
-                self.artifact / artifact_variant(artifact_spec, self.requested_variant, self.providers).file
-            )
+            chosen = artifact_variant(artifact_spec, self.requested_variant, self.providers)
+            assert chosen.file is not None  # a servable variant's file was kept (why_not_servable)
+            self.model_path = self.artifact / chosen.file
         elif self.requested_variant not in (None, FP32):
             raise VariantRefused(
                 f"{SETTING}={self.requested_variant}: {self.artifact} has no {SPEC_FILE} recording variants; "

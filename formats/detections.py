@@ -162,8 +162,8 @@ def nms(xyxy: np.ndarray, scores: np.ndarray, iou: float, max_detections: int) -
     if len(scores) == 0:
         return Boxes.empty()
     xywh = np.stack([xyxy[:, 0], xyxy[:, 1], w, h], axis=1)
-    keep = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, float(iou), top_k=max_detections)
-    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+    kept = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, float(iou), top_k=max_detections)
+    keep = np.asarray(kept, dtype=np.int64).reshape(-1)
     keep = keep[np.argsort(-scores[keep], kind="stable")][:max_detections]
     return Boxes(np.ascontiguousarray(xyxy[keep], np.float32), np.ascontiguousarray(scores[keep], np.float32))
 

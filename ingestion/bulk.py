@@ -91,7 +91,7 @@ class Summary:
         """Add the write pipeline's results of one batch."""
         for r in results:
             if r.error is not None:
-                self.skipped.append((r.name, r.reason))
+                self.skipped.append((r.name, r.reason or ""))  # an error always has a reason
                 self.failed += 1
             elif r.added:
                 self.indexed += 1

@@ -57,6 +57,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -474,7 +475,8 @@ def learn_topology(tracks: TrackSet, *, confident: float, similarity=None, min_l
     i, j = _confident_pairs(tracks, s, confident)
     gap = np.maximum(tracks.first_seen[i], tracks.first_seen[j]) - np.minimum(tracks.last_seen[i], tracks.last_seen[j])
     pair_names = [
-        tuple(sorted((str(a), str(b)))) for a, b in zip(tracks.camera_id[i], tracks.camera_id[j], strict=True)
+        cast("tuple[str, str]", tuple(sorted((str(a), str(b)))))
+        for a, b in zip(tracks.camera_id[i], tracks.camera_id[j], strict=True)
     ]
     by_pair: dict[tuple[str, str], list[float]] = {}
     for key, g in zip(pair_names, gap.tolist(), strict=True):

@@ -44,11 +44,12 @@ gives its own threads). The gallery and the embedder must serve the same model (
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -202,7 +203,7 @@ class WritePipeline:
         # Bytes in hand are hashed here (a crop hashes in microseconds); a loader reads and hashes in a thread.
         loaded = await asyncio.gather(
             *(
-                self._run_blocking(lambda read=it.data: _load(read)) if callable(it.data) else _ready(_hashed(it.data))
+                self._run_blocking(functools.partial(_load, it.data)) if callable(it.data) else _ready(_hashed(it.data))
                 for it in items
             )
         )
@@ -215,7 +216,7 @@ class WritePipeline:
         if first_of:
             batch.known = await self._run_read(lambda: self.gallery.find_hashes(list(first_of)))
         todo = [i for h, i in first_of.items() if h not in batch.known]
-        decoded = await asyncio.gather(*(self._run_blocking(lambda i=i: self._decode(data[i])) for i in todo))
+        decoded = await asyncio.gather(*(self._run_blocking(functools.partial(self._decode, data[i])) for i in todo))
         for i, pixels in zip(todo, decoded, strict=True):
             if isinstance(pixels, ImageError):
                 errors[i] = pixels
@@ -254,7 +255,7 @@ class WritePipeline:
         if self.crops is not None:
             # The new items' crops before their add; items the gallery holds get theirs where it is missing.
             held = [i for i, h in enumerate(batch.hashes) if h in batch.known and batch.leader[i] == i]
-            blobs = [batch.data[i] for i in order + held]
+            blobs = cast(list[bytes], [batch.data[i] for i in order + held])  # loaded items: bytes in hand
             if blobs:
                 crops = self.crops
                 await self._run_write(lambda: crops.put_many(blobs))
@@ -278,7 +279,7 @@ class WritePipeline:
         records = [replace(batch.items[i].record, content_hash=batch.hashes[i], id=None) for i in order]
         model_id = self.embedder.spec.model_id
         if self.keep_ids:
-            ids = [batch.items[i].record.id for i in order]
+            ids = [cast(int, batch.items[i].record.id) for i in order]  # keep_ids: the records carry their ids
             try:
                 await self._run_write(lambda: self.gallery.import_items(ids, xb, records, model_id=model_id))
                 return {i: (gid, True) for i, gid in zip(order, ids, strict=True)}

@@ -164,7 +164,7 @@ def nearest_other_identities(gallery, persons: set[str], batch_size: int = SCAN_
     """For each person in ``persons``: the other person (of ``persons``) with the best score between any of their
     items, and that score, found with the gallery's own search (any backend, exact or approximate index)."""
     best: dict[str, tuple[str, float]] = {}
-    only = SearchFilter(person_ids=persons)
+    only = SearchFilter(person_ids=frozenset(persons))
     total = len(gallery)
     after = 0
     while True:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        settings = Settings(**({"create_gallery": True} if args.create_gallery else {}))
+        settings = Settings(create_gallery=True) if args.create_gallery else Settings()
     except (ValidationError, ValueError) as exc:
         print(f"python -m server: bad REID_* settings: {_first_error(exc)}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ the refusals of server/middleware.py and unhandled exceptions (a 500 that says n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -71,7 +72,7 @@ def request_id_of(scope_or_request: Scope | Request) -> str:
 
 
 def error_response(
-    request_id: str, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    request_id: str, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message}, "request_id": request_id}
     return JSONResponse(body, status_code=status, headers={**(headers or {}), REQUEST_ID_HEADER: request_id})
@@ -110,7 +111,7 @@ def error_status(exc: Exception) -> tuple[int, str]:
     """The status and code ERROR_MAP gives an exception (an image's refusal, say); 500 for anything else."""
     for exc_type, status, code, _, _ in ERROR_MAP:
         if isinstance(exc, exc_type):
-            return status, code or getattr(exc, "code", _CODES[status])
+            return status, code or str(getattr(exc, "code", _CODES[status]))
     return 500, "internal_error"
 
 
@@ -136,8 +137,8 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
             return error_response(
                 request_id_of(request),
                 status,
-                code or getattr(exc, "code", _CODES[status]),
-                message or getattr(exc, "message", str(exc)),
+                code or str(getattr(exc, "code", _CODES[status])),
+                message or str(getattr(exc, "message", exc)),
                 retry if retryable else None,
             )
 
@@ -157,9 +158,10 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(request_id_of(request), 422, "invalid_parameters", _validation_message(exc))
 
-    app.add_exception_handler(APIError, api_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
+    # Starlette types a handler as taking any Exception; each of these is registered for its own type only.
+    app.add_exception_handler(APIError, api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     for exc_type, status, code, message, retryable in ERROR_MAP:
         app.add_exception_handler(exc_type, mapped(status, code, message, retryable))
     # Anything else is a bug: UnhandledErrorMiddleware answers 500.

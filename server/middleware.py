@@ -10,6 +10,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -17,6 +18,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from server.errors import APIError, error_response, request_id_of
+
+if TYPE_CHECKING:  # the mixins below extend uvicorn's protocol classes: typed as such, plain classes at run time
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    _GuardsBase = H11Protocol
+    _HeadSizeBase = HttpToolsProtocol
+else:
+    _GuardsBase = _HeadSizeBase = object
 
 log = logging.getLogger("server")
 
@@ -262,7 +271,7 @@ async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> N
     await response(scope, receive, send)
 
 
-class ConnectionGuards:
+class ConnectionGuards(_GuardsBase):
     """The connection guards uvicorn lacks, for either of its HTTP protocol classes (h11 or httptools).
 
     * A deadline on each request head: ``header_timeout_s`` from connecting, or from the end of the previous
@@ -325,7 +334,7 @@ class ConnectionGuards:
             self.transport.close()
 
 
-class HeadSizeLimit:
+class HeadSizeLimit(_HeadSizeBase):
     """For uvicorn's httptools protocol: a request head over ``max_header_bytes`` is answered 400 and the
     connection closed, as h11 does. Counts the bytes fed while a head is being parsed (between the parser's
     message-begin and headers-complete callbacks), so body bytes never count."""

@@ -50,7 +50,7 @@ class RawImageRoute(APIRoute):
 
 router = APIRouter(route_class=RawImageRoute)
 # the multipart operation's answer, whatever it grows to hold
-SearchAnswer = next(r.response_model for r in multipart.router.routes if getattr(r, "path", "") == PATH)
+SearchAnswer = next(r.response_model for r in multipart.router.routes if isinstance(r, APIRoute) and r.path == PATH)
 ImageBody = Annotated[
     bytes,
     Body(
@@ -60,13 +60,9 @@ ImageBody = Annotated[
 ]
 
 
-def _ids(what: str) -> Any:
-    return Annotated[ValueList, Query(description=f"{what}: {LISTS}")]
-
-
-Cameras = _ids("only hits from these cameras")
-ExcludeCameras = _ids("no hits from these cameras")
-PersonIds = _ids("only hits of these people")
+Cameras = Annotated[ValueList, Query(description=f"only hits from these cameras: {LISTS}")]
+ExcludeCameras = Annotated[ValueList, Query(description=f"no hits from these cameras: {LISTS}")]
+PersonIds = Annotated[ValueList, Query(description=f"only hits of these people: {LISTS}")]
 
 
 @router.post(

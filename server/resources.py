@@ -83,6 +83,7 @@ class Resources:
         self._gallery_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gallery-writer")
         self._gallery_readers = ThreadPoolExecutor(max_workers=s.gallery_search_workers, thread_name_prefix="gallery")
         if self.embedder is None:
+            assert s.backend is not None  # Settings picks one when validated
             self.embedder = create_embedder(
                 s.backend,
                 artifact=s.artifact,
@@ -105,6 +106,7 @@ class Resources:
         return f"ONNX Runtime on {s.artifact / 'model.onnx' if s.artifact else 'the given embedder'}"
 
     async def _start_once(self) -> None:
+        assert self.embedder is not None  # start() made one
         await self.embedder.start()
         spec = self.spec
         s = self.settings
@@ -140,6 +142,7 @@ class Resources:
             self.gallery = None
             return
         await self._warm_readers()
+        assert self._gallery_readers is not None and self._gallery_thread is not None  # made in start()
         if searches_inline(self.gallery, math.inf):  # small searches run on this thread: its reader made now too
             self.gallery.get(1)
         self.metrics.gallery_size.set(len(self.gallery))
@@ -156,13 +159,15 @@ class Resources:
         now, so the first searches do not pay for it and the server's open files stay level from here on."""
         workers = self.settings.gallery_search_workers
         barrier = threading.Barrier(workers)
+        gallery = self.gallery
+        assert gallery is not None  # warmed once opened
 
         def warm() -> None:
             try:
                 barrier.wait(timeout=10)  # one task per thread: the pool starts a thread while none is idle
             except threading.BrokenBarrierError:
                 pass
-            self.gallery.get(1)
+            gallery.get(1)
 
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._gallery_readers, warm) for _ in range(workers)))
@@ -196,6 +201,7 @@ class Resources:
         """ "" when ready, else why not."""
         if self.gallery is None:
             return self.not_ready_reason or "not started"
+        assert self.embedder is not None  # made in start(), before the gallery opens
         if not await self.embedder.ready():
             return "the embedding backend is not ready"
         return ""

@@ -143,10 +143,10 @@ async def add_images(
     items = await _items(settings, images, person_id, camera_id, captured_at, track_id, metadata)
     results = await _write(settings, model, gallery, items)
     gallery.count_items()
-    failed = [(i, r) for i, r in enumerate(results) if r.error is not None]
+    failed = [(i, r.error) for i, r in enumerate(results) if r.error is not None]
     if failed and len(failed) == len(results):
-        status, code = error_status(failed[0][1].error)
-        reasons = "; ".join(f"image {i}: {r.error.message}" for i, r in failed)
+        status, code = error_status(failed[0][1])
+        reasons = "; ".join(f"image {i}: {error.message}" for i, error in failed)
         raise APIError(status, code, f"no image was added ({reasons})")
     if failed:
         response.status_code = 207

@@ -25,6 +25,7 @@ async def readyz(res: ResourcesDep) -> Readiness:
     reason = await res.readiness()
     if reason:
         raise APIError(503, "not_ready", reason, {"Retry-After": str(res.settings.retry_after_s)})
+    assert res.embedder is not None and res.gallery is not None  # ready: both are up
     return Readiness(
         status="ready",
         model_id=res.spec.model_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Response, UploadFile
@@ -31,13 +31,9 @@ QueryImages = Annotated[
 LISTS = f"{LIST_FORMS}; at most {MAX_FILTER_VALUES} values"
 
 
-def _ids(what: str) -> object:
-    return Annotated[ValueList, Form(description=f"{what}: {LISTS}")]
-
-
-Cameras = _ids("only hits from these cameras")
-ExcludeCameras = _ids("no hits from these cameras")
-PersonIds = _ids("only hits of these people")
+Cameras = Annotated[ValueList, Form(description=f"only hits from these cameras: {LISTS}")]
+ExcludeCameras = Annotated[ValueList, Form(description=f"no hits from these cameras: {LISTS}")]
+PersonIds = Annotated[ValueList, Form(description=f"only hits of these people: {LISTS}")]
 UPLOAD_ERRORS = (400, 401, 403, 413, 415, 422, 500, 502, 503, 504)
 _verdicts = VerdictCache()
 
@@ -90,9 +86,9 @@ async def search(
     if query_camera is not None:
         excluded.add(query_camera)
     filters = SearchFilter(
-        cameras=cameras or None,
-        exclude_cameras=excluded or None,
-        person_ids=person_ids or None,
+        cameras=frozenset(cameras or ()) or None,
+        exclude_cameras=frozenset(excluded) or None,
+        person_ids=frozenset(person_ids or ()) or None,
         time_from=time_from,
         time_to=time_to,
     )
@@ -152,7 +148,8 @@ async def _unmatched(
 
 
 async def _exists(gallery: GalleryDep, xq: np.ndarray, column: str, value: str, model_id: str) -> bool:
-    only = SearchFilter(**{column: [value]})
+    one_value: dict[str, Any] = {column: [value]}  # column: cameras, exclude_cameras or person_ids
+    only = SearchFilter(**one_value)
     return bool((await gallery.search(xq, 1, only, model_id=model_id))[0])
 
 
