@@ -195,6 +195,17 @@ def _dims(value_info) -> list[int | str | None]:
 def inspect_network(net: Network, pre: Preprocessing, output: str | None) -> Interface:
     """The input and embedding output to wrap, or ModelImportError with the reason."""
     graph = net.proto.graph
+    inp, in_type, dims = _image_input(graph)
+    height, width = _input_size(inp.name, dims, pre)
+    out, index, out_type = _embedding_output(graph, output)
+    opset = next((o.version for o in net.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise ModelImportError(f"the network uses opset {opset}; re-export it with opset {MIN_OPSET} or newer")
+    return Interface(inp.name, in_type, out.name, index, out_type, int(height), int(width), opset)
+
+
+def _image_input(graph):
+    """The one input that is not an initialiser: (it, its element type, its dims), a float image batch of 4 axes."""
     initialisers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initialisers]
     if len(inputs) != 1:
@@ -210,32 +221,39 @@ def inspect_network(net: Network, pre: Preprocessing, output: str | None) -> Int
     dims = _dims(inp)
     if len(dims) != 4:
         raise ModelImportError(f"input {inp.name!r} has shape {dims}; an image batch has 4 axes")
+    return inp, in_type, dims
+
+
+def _input_size(name: str, dims: list, pre: Preprocessing) -> tuple[int, int]:
+    """(height, width) the wrapped model feeds the input: its static size or --size (which must agree with it);
+    ModelImportError for channels in the wrong place or not 3, a fixed batch, or no size at all."""
     nchw = pre.layout == "nchw"
     batch, spatial = dims[0], (dims[2:4] if nchw else dims[1:3])
     channels, last_or_first = (dims[1], dims[3]) if nchw else (dims[3], dims[1])
     if channels != 3 and last_or_first == 3:
         where, other = ("last", "nhwc") if nchw else ("first", "nchw")
-        raise ModelImportError(f"input {inp.name!r} {dims} has its 3 channels {where}: is it --layout {other}?")
+        raise ModelImportError(f"input {name!r} {dims} has its 3 channels {where}: is it --layout {other}?")
     if isinstance(channels, int) and channels != 3:
-        raise ModelImportError(f"input {inp.name!r} {dims} has {channels} channels in layout {pre.layout}, not 3")
+        raise ModelImportError(f"input {name!r} {dims} has {channels} channels in layout {pre.layout}, not 3")
     if isinstance(batch, int) and batch != 0:
         raise ModelImportError(
-            f"input {inp.name!r} {dims} has a fixed batch of {batch}; re-export it with a dynamic batch axis"
+            f"input {name!r} {dims} has a fixed batch of {batch}; re-export it with a dynamic batch axis"
         )
     static = [d for d in spatial if isinstance(d, int) and d > 0]
     if len(static) < 2 and (pre.height is None or pre.width is None):
-        raise ModelImportError(f"input {inp.name!r} {dims} has a dynamic spatial size; give it with --size HxW")
-    if pre.height is not None and pre.width is not None:
-        for want, have in zip((pre.height, pre.width), spatial, strict=True):
-            if isinstance(have, int) and have > 0 and have != want:
-                raise ModelImportError(
-                    f"--size {pre.height}x{pre.width} does not match the static input {inp.name!r} {dims} "
-                    f"(layout {pre.layout})"
-                )
-        height, width = pre.height, pre.width
-    else:
-        height, width = spatial
+        raise ModelImportError(f"input {name!r} {dims} has a dynamic spatial size; give it with --size HxW")
+    if pre.height is None or pre.width is None:
+        return spatial[0], spatial[1]
+    for want, have in zip((pre.height, pre.width), spatial, strict=True):
+        if isinstance(have, int) and have > 0 and have != want:
+            raise ModelImportError(
+                f"--size {pre.height}x{pre.width} does not match the static input {name!r} {dims} (layout {pre.layout})"
+            )
+    return pre.height, pre.width
 
+
+def _embedding_output(graph, output: str | None):
+    """(the output named ``output``, or the only one; its index; its element type): a float (N, D) tensor."""
     outputs = list(graph.output)
     names = [o.name for o in outputs]
     if output is None:
@@ -255,10 +273,7 @@ def inspect_network(net: Network, pre: Preprocessing, output: str | None) -> Int
     out_dims = _dims(out)
     if len(out_dims) > 2 and any(d != 1 for d in out_dims[2:]):
         raise ModelImportError(f"output {out.name!r} has shape {out_dims}; an embedding is (N, D) (or (N, D, 1, 1))")
-    opset = next((o.version for o in net.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < MIN_OPSET:
-        raise ModelImportError(f"the network uses opset {opset}; re-export it with opset {MIN_OPSET} or newer")
-    return Interface(inp.name, in_type, out.name, index, out_type, int(height), int(width), opset)
+    return out, index, out_type
 
 
 def _type_name(elem_type: int) -> str:

@@ -50,36 +50,45 @@ def check(value: object, limits: Limits = STORABLE) -> None:
     while stack:
         node, depth = stack.pop()
         if isinstance(node, dict | list | tuple):
-            if depth > limits.max_depth:
-                raise MetadataError(f"metadata nests deeper than {limits.max_depth} levels")
             items += len(node)
-            if limits.max_items is not None and items > limits.max_items:
-                raise MetadataError(f"metadata has more than {limits.max_items} keys and array items")
-            if isinstance(node, dict):
-                for key in node:
-                    if not isinstance(key, str):
-                        raise MetadataError("metadata keys must be strings")
-                    _check_text(key, limits.max_key_chars, "a key")
-                children: Iterable[object] = node.values()
-            else:
-                children = node
-            stack.extend((child, depth + 1) for child in children)
-        elif isinstance(node, str):
-            _check_text(node, limits.max_value_chars, "a string value")
-        elif isinstance(node, bool) or node is None:
-            continue
-        elif isinstance(node, int):
-            if limits.int64 and not INT64[0] <= node <= INT64[1]:
-                raise MetadataError("metadata integers must fit in 64 bits")
-        elif isinstance(node, float):
-            if not math.isfinite(node):
-                raise MetadataError("metadata numbers must be finite (no NaN or infinity)")
+            stack.extend((child, depth + 1) for child in _children(node, depth, items, limits))
         else:
-            raise MetadataError(f"metadata values must be JSON (not {type(node).__name__})")
+            _check_scalar(node, limits)
     if limits.max_bytes is not None:
         size = len(_dumps(value).encode("utf-8"))
         if size > limits.max_bytes:
             raise MetadataError(f"metadata is {size} bytes as JSON; at most {limits.max_bytes}")
+
+
+def _children(node: dict | list | tuple, depth: int, items: int, limits: Limits) -> Iterable[object]:
+    """The values of an object or array at ``depth`` (``items``: keys and array items so far, this one's included),
+    once its depth, the count and its keys are within ``limits``."""
+    if depth > limits.max_depth:
+        raise MetadataError(f"metadata nests deeper than {limits.max_depth} levels")
+    if limits.max_items is not None and items > limits.max_items:
+        raise MetadataError(f"metadata has more than {limits.max_items} keys and array items")
+    if not isinstance(node, dict):
+        return node
+    for key in node:
+        if not isinstance(key, str):
+            raise MetadataError("metadata keys must be strings")
+        _check_text(key, limits.max_key_chars, "a key")
+    return node.values()
+
+
+def _check_scalar(node: object, limits: Limits) -> None:
+    if isinstance(node, str):
+        _check_text(node, limits.max_value_chars, "a string value")
+    elif isinstance(node, bool) or node is None:
+        return
+    elif isinstance(node, int):
+        if limits.int64 and not INT64[0] <= node <= INT64[1]:
+            raise MetadataError("metadata integers must fit in 64 bits")
+    elif isinstance(node, float):
+        if not math.isfinite(node):
+            raise MetadataError("metadata numbers must be finite (no NaN or infinity)")
+    else:
+        raise MetadataError(f"metadata values must be JSON (not {type(node).__name__})")
 
 
 def _check_text(text: str, max_chars: int | None, what: str) -> None:
