@@ -445,6 +445,7 @@
     }
     $("timeline-note").textContent = path.note;
     $("timeline").replaceChildren(...path.entries);
+    $("timeline").classList.toggle("journey", path.journey);
     setStatus(path.status);
     $("timeline-title").focus();
   }
@@ -467,6 +468,7 @@
         note: `Identity ${identity}: ${timeline.length} track${timeline.length === 1 ? "" : "s"} on ${cameras} camera${cameras === 1 ? "" : "s"} that linking joined, in the order they were seen; each with its best crop.`,
         entries: timeline.map((entry) => timelineEntry(entry, hit.track_id)),
         status: `${timeline.length} sighting${timeline.length === 1 ? "" : "s"} on the path.`,
+        journey: true,
       };
     }
     let items;
@@ -482,23 +484,24 @@
       note = "This item is in no track and names no person: it is its own path.";
     }
     items = [...items].sort((a, b) => (a.captured_at ?? Infinity) - (b.captured_at ?? Infinity));
-    return { note, entries: cameraVisits(items).map(visitEntry), status: `${items.length} sighting${items.length === 1 ? "" : "s"} on the path.` };
+    return { note, entries: cameraVisits(items).map(visitEntry), status: `${items.length} sighting${items.length === 1 ? "" : "s"} on the path.`, journey: false };
   }
 
   // One track of an identity's timeline: its camera, when, how many crops, and its best crop.
   function timelineEntry(entry, hitTrack) {
-    const span = timeSpan([{ captured_at: entry.first_seen }, { captured_at: entry.last_seen }]);
-    const crops = `${entry.n_items} crop${entry.n_items === 1 ? "" : "s"}`;
-    const head = el("h3", { text: `Camera ${entry.camera_id || "unknown"}` }, el("span", { className: "hint", text: ` · ${span} · ${crops}` }));
     const here = entry.track_id === hitTrack;
-    const label = `Track ${entry.track_id}${here ? " (this result's track)" : ""}`;
-    const step = el(
+    const facts = el("dl", { className: "facts" });
+    fact(facts, "Seen", timeSpan([{ captured_at: entry.first_seen }, { captured_at: entry.last_seen }]));
+    fact(facts, "Crops", entry.n_items);
+    fact(facts, "Track", entry.track_id);
+    const alt = `Best crop of track ${entry.track_id} on camera ${entry.camera_id || "unknown"}`;
+    const tag = here ? el("p", { className: "tag match", text: "this result's track" }) : null;
+    return el(
       "li",
-      { "data-step": String(entry.best_item_id), "data-step-track": entry.track_id },
-      thumbnail(entry.best_item_id, `Best crop of track ${entry.track_id} on camera ${entry.camera_id || "unknown"}`),
-      el("span", { className: "hint", text: label }),
+      { className: here ? "stop here" : "stop", "aria-current": here ? "step" : null },
+      el("h3", { text: `Camera ${entry.camera_id || "unknown"}` }),
+      el("div", { className: "hit", "data-step": String(entry.best_item_id), "data-step-track": entry.track_id }, thumbnail(entry.best_item_id, alt), el("div", { className: "about" }, tag, facts)),
     );
-    return el("li", { className: here ? "visit here" : "visit", "aria-current": here ? "step" : null }, head, el("ul", { className: "strip" }, step));
   }
 
   // Consecutive items on the same camera are one visit.
@@ -553,7 +556,7 @@
       fail(err, `Erasing item ${hit.id}`);
       return;
     }
-    for (const card of document.querySelectorAll(`[data-hit="${CSS.escape(String(hit.id))}"], [data-step="${CSS.escape(String(hit.id))}"]`)) card.remove();
+    for (const card of document.querySelectorAll(`[data-hit="${CSS.escape(String(hit.id))}"], [data-step="${CSS.escape(String(hit.id))}"]`)) (card.closest(".stop") || card).remove();
     for (const group of document.querySelectorAll("[data-results] [data-track]")) {
       if (!group.querySelector("[data-hit]")) group.remove();
     }
