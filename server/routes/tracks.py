@@ -59,7 +59,7 @@ async def list_tracks(
     return TrackPage(tracks=[TrackResult.of(t) for t in page], next_cursor=str(page[-1].seq) if more else None)
 
 
-@router.get("/{track_id:path}", response_model=TrackDetail, responses=error_responses(401, 403, 404, 500, 503))
+@router.get("/{track_id:path}", response_model=TrackDetail, responses=error_responses(401, 403, 404, 422, 500, 503))
 async def get_track(
     _: Reader, gallery: GalleryDep, track_id: Annotated[str, Path(min_length=1, description="the track's id")]
 ) -> TrackDetail:
