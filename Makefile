@@ -18,6 +18,8 @@ GALLERY_DIR ?= galleries/$(NAME)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+# make test fails when the suite covers less of the packages than this (percent; COV_FLOOR=0 for a partial run)
+COV_FLOOR ?= 0
 MANIFESTS ?= build/k8s
 
 .PHONY: help setup lint docs format test test-gpu data baseline train evaluate export triton serve index bench bench-million viz demo manifests clean detector
@@ -48,8 +50,8 @@ format: setup ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: setup ## run the test suite (GPU tests skip without a GPU)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: setup ## run the test suite (GPU tests skip without a GPU) with coverage of the packages, failing under COV_FLOOR %
+	$(PY) -m pytest --cov --cov-report=term:skip-covered --cov-fail-under=$(COV_FLOOR) $(PYTEST_ARGS)
 
 test-gpu: setup ## run only the tests marked gpu (needs a CUDA GPU)
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
