@@ -101,14 +101,44 @@ async def embed_crops(artifact: Path, paths: list[str]) -> np.ndarray:
         await embedder.close()
 
 
-def evaluate(crops: list[dict], artifacts: dict[str, Path]) -> dict[str, dict]:
+def ranked_lists(paths: list[str], labels: np.ndarray, distmats: dict[str, np.ndarray], out: Path, top: int = 6):
+    """A picture: for a few queries (rows), each method's top crops (other crops of the query's track framed green)."""
+    h, w, gap = 96, 48, 8
+    rng = np.random.default_rng(0)
+    queries = rng.choice(len(paths), size=min(6, len(paths)), replace=False)
+    rows = []
+    for q in queries:
+        cells = [cv2.resize(load_image(paths[q]), (w, h))]
+        for distmat in distmats.values():
+            cells.append(np.full((h, gap, 3), 255, np.uint8))
+            order = [int(i) for i in np.argsort(distmat[q], kind="stable") if i != q][:top]
+            for i in order:
+                colour = (0, 170, 0) if labels[i] == labels[q] else (220, 0, 0)
+                cells.append(
+                    cv2.copyMakeBorder(
+                        cv2.resize(load_image(paths[i]), (w - 6, h - 6)), *[3] * 4, cv2.BORDER_CONSTANT, value=colour
+                    )
+                )
+        rows.append(np.concatenate(cells, axis=1))
+    image = np.concatenate([np.pad(r, ((2, 2), (0, 0), (0, 0)), constant_values=255) for r in rows])
+    title = "query | " + " | ".join(f"{name}: top {top}" for name in distmats)
+    image = np.pad(image, ((24, 0), (0, 0), (0, 0)), constant_values=255)
+    cv2.putText(image, title, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+
+def evaluate(crops: list[dict], artifacts: dict[str, Path], picture: Path | None = None) -> dict[str, dict]:
     tracks = {t: i for i, t in enumerate(sorted({c["track_id"] for c in crops}))}
     labels = np.array([tracks[c["track_id"]] for c in crops])
     paths = [c["path"] for c in crops]
-    results = {}
+    results, distmats = {}, {}
     for name, artifact in artifacts.items():
         x = l2_normalize(asyncio.run(embed_crops(artifact, paths)))
-        results[name] = leave_one_out(1.0 - x @ x.T, labels)
+        distmats[name] = 1.0 - x @ x.T
+        results[name] = leave_one_out(distmats[name], labels)
+    if picture is not None:
+        ranked_lists(paths, labels, distmats, picture)
     images = [load_image(p) for p in paths]
     for name, cfg in HISTOGRAMS.items():
         h = np.stack([histogram(im, cfg) for im in images])
@@ -148,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
     if not (held_out / MANIFEST).is_file():
         export_tracks(work / "gallery", held_out)  # all of it: a track with any crop before the midpoint is left out
     crops = held_out_tracks(held_out, args.midpoint)
-    results = evaluate(crops, {"before": work / "art-before", "after": work / "art-after"})
+    results = evaluate(crops, {"before": work / "art-before", "after": work / "art-after"}, args.picture)
     adaptation = json.loads((work / "ckpt-after" / "meta.json").read_text())["adaptation"]
     return {
         "video": str(args.video),
@@ -184,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--eval-data", help="labelled set the adaptation is also evaluated on (default: data/synth)")
     p.add_argument("--redo-adapt", action="store_true", help="adapt again in an existing --work")
+    p.add_argument("--picture", type=Path, help="write ranked lists of a few held-out queries, before and after")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     report = run(args)
