@@ -78,7 +78,7 @@ async def search_raw_body(
     gallery: GalleryDep,
     metrics: MetricsDep,
     response: Response,
-    image: ImageBody,
+    image: ImageBody = b"",  # an empty body is an image the decoder refuses (400), not a missing field
     top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="hits to return")] = 10,
     cameras: Cameras = None,
     exclude_cameras: ExcludeCameras = None,

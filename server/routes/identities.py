@@ -3,7 +3,7 @@ POST /v1/identities/link (link the served gallery's tracks now, as python -m ing
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Path
 
@@ -17,7 +17,7 @@ from server.track_schemas import IdentityPage, IdentityResultSummary, LinkResult
 router = APIRouter(prefix="/v1/identities", tags=["identities"])
 
 
-@router.get("", response_model=IdentityPage, responses=error_responses(401, 403, 422, 500, 503))
+@router.get("", response_model=IdentityPage, responses=error_responses(400, 401, 403, 422, 500, 503))
 async def list_identities(
     _: Reader,
     gallery: GalleryDep,
@@ -40,7 +40,7 @@ async def list_identities(
     )
 
 
-@router.get("/{identity_id}", response_model=Timeline, responses=error_responses(401, 403, 404, 422, 500, 503))
+@router.get("/{identity_id:int}", response_model=Timeline, responses=error_responses(401, 403, 404, 422, 500, 503))
 async def get_identity(
     _: Reader, gallery: GalleryDep, identity_id: Annotated[int, Path(ge=1, le=2**63 - 1, description="identity")]
 ) -> Timeline:
@@ -55,13 +55,17 @@ async def get_identity(
 async def link_tracks(
     _: Admin,
     gallery: GalleryDep,
-    full: Annotated[bool, Form(description="relink every track (default: only tracks without an identity)")] = False,
+    # "true"/"false" only: a lax bool would take "0", "off" or "no" too, which the schema cannot say
+    full: Annotated[
+        Literal["true", "false"],
+        Form(description="true: relink every track (default: only tracks without an identity)"),
+    ] = "false",
     far: Annotated[float, Form(gt=0, lt=1, description="the false-link rate the threshold is set for")] = DEFAULT_FAR,
 ) -> LinkResult:
     """Link the gallery's tracks into identities on the server's writer thread (writes wait; searches do not):
     the way to link an embedded gallery the server holds, which python -m ingestion.link cannot open meanwhile.
     The camera topology is learned from confident links (give a file to python -m ingestion.link instead)."""
-    run = await gallery.write(link_gallery, gallery.gallery, far=far, full=full)
+    run = await gallery.write(link_gallery, gallery.gallery, far=far, full=full == "true")
     body = run.to_dict()
     note = None if run.report is None else run.report.note
     return LinkResult(**{k: body[k] for k in LinkResult.model_fields if k in body}, note=note)

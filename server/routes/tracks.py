@@ -26,7 +26,7 @@ Cursor = Annotated[str | None, Query(description="next_cursor of the previous pa
 
 def track_query(camera_id: str | None, time_from: float | None, time_to: float | None) -> TrackQuery:
     if time_from is not None and time_to is not None and time_from > time_to:
-        raise APIError(422, "invalid_parameters", "time_from is after time_to")
+        raise APIError(400, "invalid_parameters", "time_from is after time_to")
     return TrackQuery(camera_id=camera_id, time_from=time_from, time_to=time_to)
 
 
@@ -35,11 +35,11 @@ def cursor_position(cursor: str | None) -> int:
     if cursor is None or cursor == "":
         return 0
     if not cursor.isdigit() or len(cursor) > 18:
-        raise APIError(422, "invalid_parameters", "cursor: pass the next_cursor of a previous page")
+        raise APIError(400, "invalid_parameters", "cursor: pass the next_cursor of a previous page")
     return int(cursor)
 
 
-@router.get("", response_model=TrackPage, responses=error_responses(401, 403, 422, 500, 503))
+@router.get("", response_model=TrackPage, responses=error_responses(400, 401, 403, 422, 500, 503))
 async def list_tracks(
     _: Reader,
     gallery: GalleryDep,
