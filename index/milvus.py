@@ -154,13 +154,7 @@ class MilvusGallery(MilvusTracks, GalleryBase):
         ``allow_missing_log``: then it starts empty. ``timeout``: seconds each call to Milvus may take."""
         if timeout is not None and not timeout > 0:
             raise ValueError("the Milvus timeout must be a positive number of seconds (or None)")
-        if target.kind == "milvus-lite":
-            assert target.path is not None  # a Lite gallery is a file
-            target.path.parent.mkdir(parents=True, exist_ok=True)
-            uri = str(target.path.resolve())
-        else:
-            assert target.address is not None  # a milvus:// URI names its server
-            uri = target.address
+        uri = target.client_uri()
         try:
             # The client's timeout bounds connecting and reconnecting; each call gets its own deadline below.
             client = MilvusClient(uri=uri, token=target.token or "", timeout=timeout)

@@ -37,6 +37,15 @@ class GalleryURI:
             return f"milvus://{(self.address or '').removeprefix('http://')}/{self.collection}"
         return str(self.path)
 
+    def client_uri(self) -> str:
+        """What pymilvus connects to: a Milvus Lite file (its folder made) or a server's address."""
+        if self.kind == "milvus-lite":
+            assert self.path is not None  # a Lite gallery is a file
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return str(self.path.resolve())
+        assert self.address is not None  # a milvus:// URI names its server
+        return self.address
+
 
 def parse_uri(uri: str | os.PathLike, *, collection: str | None = None) -> GalleryURI:
     """Which backend a URI names. ``collection`` overrides the collection of a Milvus Lite file."""
