@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detector", default="artifacts/detector")
     p.add_argument("--checkpoint", type=Path, required=True, help="the base checkpoint (e.g. checkpoints/demo)")
     p.add_argument("--work", type=Path, help="keep the gallery, checkpoints and artifacts here (reused when there)")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--merge-threshold", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--eval-data", help="labelled set the adaptation is also evaluated on (default: data/synth)")

@@ -50,14 +50,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class AdaptConfig:
-    steps: int = 60  # optimisation steps (P x K batches)
+    steps: int = 100  # optimisation steps (P x K batches)
     lr: float = 1e-3
     weight_decay: float = 5e-4
     ids_per_batch: int = 8  # P pseudo-identities a batch
     images_per_id: int = 4  # K crops of each
     merge_threshold: float = 0.0  # cosine distance under which tracks are merged into one person; 0: never
     batches: str = "together"  # "together": P identities around a moment, sure negatives first; "random"
-    freeze_stages: int = 2  # backbone stages kept as they are (0: none; 1: the stem; 2: the stem and layer1)
+    freeze_stages: int = 0  # backbone stages kept as they are (0: none; 1: the stem; 2: the stem and layer1)
     label_smoothing: float = 0.1
     triplet_margin: float = 0.3
     flip_prob: float = 0.5
