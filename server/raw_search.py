@@ -93,8 +93,8 @@ async def search_raw_body(
     ] = None,
 ) -> Any:
     """Find the gallery identities closest to a person crop sent as the request body."""
-    upload = UploadFile(io.BytesIO(image), size=len(image))  # in memory: read() takes no thread
-    return await multipart.search(
+    upload = UploadFile(_InMemory(image), size=len(image))
+    answer = await multipart.search(
         role,
         settings=settings,
         model=model,
@@ -111,6 +111,16 @@ async def search_raw_body(
         query_camera=query_camera,
         group_by=group_by,
     )
+    # The answer is the handler's own, already validated: serialised once here instead of validated again by
+    # FastAPI against the response model; the headers the handler set (Server-Timing) go with it.
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
+
+
+class _InMemory(io.BytesIO):
+    """The body as UploadFile's file: Starlette reads a file without ``_rolled = False`` on a worker thread."""
+
+    _rolled = False
 
 
 def document(app: FastAPI) -> None:
