@@ -498,7 +498,8 @@ class Store:
         """sha256 of the (id, vector crc32) pairs a snapshot at this log position holds: the rows then live.
 
         Those are the live rows up to ``last_id`` plus the ones removed since ``last_seq`` (ids are never
-        reused). None when it cannot be told: a removal recorded without its crc (by an older version).
+        reused). None when it cannot be told: a removal recorded without its crc (by an older version), or a row
+        that does not read back as integers.
         """
         live = conn.execute("SELECT id, vector_crc FROM items WHERE id <= ?", (last_id,)).fetchall()
         crc = "vector_crc" if "vector_crc" in self._columns(conn, "removals") else "NULL"
@@ -506,7 +507,10 @@ class Store:
         removed = conn.execute(sql, (last_seq, last_id)).fetchall()
         if any(c is None for _, c in removed):
             return None
-        pairs = np.array(sorted(live + removed), dtype=np.int64).reshape(-1, 2)
+        rows = live + removed
+        if not all(type(i) is int and type(c) is int for i, c in rows):
+            return None  # a damaged page reads back as text or bytes: the snapshot cannot be vouched for
+        pairs = np.array(sorted(rows), dtype=np.int64).reshape(-1, 2)
         return hashlib.sha256(np.ascontiguousarray(pairs).tobytes()).hexdigest()
 
     def removals_after(self, conn: sqlite3.Connection, after_seq: int) -> list[int]:
