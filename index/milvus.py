@@ -57,7 +57,7 @@ from pymilvus import DataType, MilvusClient
 
 from index import metadata as meta
 from index.errors import GalleryError, MissingLog, ModelMismatch
-from index.milvus_errors import FAILURES, gallery_error, milvus_boundary
+from index.milvus_errors import FAILURES, check_server_version, gallery_error, milvus_boundary
 from index.milvus_expr import (
     DEFAULT_EF_SEARCH,
     DEFAULT_NPROBE,
@@ -162,6 +162,7 @@ class MilvusGallery(MilvusTracks, GalleryBase):
             raise gallery_error(exc, target) from exc
         gallery = cls(client, target, nprobe=nprobe, ef_search=ef_search, timeout=timeout)
         try:
+            check_server_version(client, target, timeout)
             gallery._open_or_create(model_id, dim, factory, allow_missing_log)
         except BaseException:
             gallery._client.close()

@@ -68,3 +68,27 @@ def milvus_boundary(method: Callable) -> Callable:
             raise gallery_error(exc, self.target) from exc
 
     return wrapper
+
+
+MIN_SERVER = (2, 5)  # nullable VARCHAR fields, an INVERTED index on VARCHAR and database properties
+
+
+def check_server_version(client, target: GalleryURI, timeout: float | None) -> None:
+    """Refuse a Milvus server older than MIN_SERVER by name: it would otherwise fail later, on the first call
+    that needs a newer feature, with the server's bare UNIMPLEMENTED. Milvus Lite is always new enough."""
+    if target.kind != "milvus":
+        return
+    try:
+        text = client.get_server_version(timeout=timeout)
+    except FAILURES as exc:
+        raise gallery_error(exc, target) from exc
+    try:
+        version = tuple(int(p) for p in str(text).lstrip("v").split("-")[0].split(".")[:2])
+    except ValueError:
+        return  # a build that names itself otherwise: let the calls say what it lacks
+    if version < MIN_SERVER:
+        need = ".".join(map(str, MIN_SERVER))
+        raise GalleryError(
+            f"{target}: the Milvus server is {text}, older than {need}, which this backend needs (nullable fields,"
+            f" an INVERTED index on VARCHAR, database properties); run Milvus {need} or newer"
+        )

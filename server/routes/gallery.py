@@ -24,7 +24,7 @@ from server.schemas import AddedItem, AddResponse, DeleteResponse, GalleryItem, 
 router = APIRouter(prefix="/v1/gallery", tags=["gallery"])
 
 ItemId = Annotated[int, Path(ge=0, le=2**63 - 1, description="gallery id")]
-STATS_DETAILS = ("metric", "serving", "trained", "index_type", "ntotal", "tombstones", "unsnapshotted")
+STATS_DETAILS = ("metric", "serving", "trained", "index_type", "ntotal", "tombstones", "unsnapshotted", "index_choice")
 SOURCE = "api"  # the client's file name is never stored or used as a path
 CROP_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp")
 

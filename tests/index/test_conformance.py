@@ -231,7 +231,10 @@ def test_searches_run_while_a_writer_adds_and_removes(gallery):
 def test_approximate_index_types_recall_against_exact(uri, factory):
     xb = clustered(2000, DIM, clusters=50, seed=12)
     xq = clustered(50, DIM, clusters=50, seed=13)
-    with make(uri, factory=factory, nprobe=4, ef_search=64) as g:
+    # Milvus searches a segment that is still growing through its interim index (IVF with 128 lists, whatever the
+    # collection's own index), with the query's nprobe: 16 keeps that above the recall asked for here too.
+    nprobe = 4 if uri[1] is None else 16
+    with make(uri, factory=factory, nprobe=nprobe, ef_search=64) as g:
         ids = np.array(g.add(xb, [Record()] * len(xb), model_id=MODEL))
         found = [[h.id for h in row] for row in g.search(xq, 10, model_id=MODEL)]
         assert g.factory == factory

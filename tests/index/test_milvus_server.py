@@ -1,16 +1,13 @@
-"""The conformance suite (tests/index/test_conformance.py) against a real Milvus server, not only Milvus Lite.
+"""index.milvus against a real Milvus server, not only Milvus Lite.
 
-The server is REID_TEST_MILVUS_URI (milvus://HOST:PORT, e.g. the compose file's milvusdb/milvus:v2.5.16) when set;
-otherwise the PyPI package ``milvus`` (a Milvus standalone binary with its own embedded etcd, in the dev extra) is
-started once for this module in a temporary folder and stopped by its own process (never by name).
+The PyPI package `milvus` (2.3.5, a standalone server binary with its own etcd; the dev extra) is started for this
+module in a temporary folder and stopped by its own process (never by name). index.milvus needs Milvus 2.5 or
+newer (nullable VARCHAR fields, an INVERTED index on VARCHAR, database properties; measured: against 2.3.5 every
+conformance test fails on one of the three), so against that server the test is that the backend refuses it by
+name at open, before it creates anything. pymilvus 3.0.2 connects to both.
 
-index.milvus needs a Milvus 2.5 server or newer: nullable VARCHAR fields (2.5), an INVERTED index on VARCHAR and
-database properties (DescribeDatabase; both 2.4). The newest PyPI ``milvus`` is 2.3.x, which has none of them, so
-against it the suite is skipped with that reason (measured: every test fails on one of the three); pymilvus 3.0.2
-is the SDK of Milvus 3.0 and talks to 2.3.5 for everything else.
-
-Importing the suite's tests here collects them again in this module, where ``uri`` below names a collection on the
-real server instead of the embedded store or Milvus Lite.
+With REID_TEST_MILVUS_URI=milvus://HOST:PORT naming a 2.5+ server (e.g. the compose file's milvusdb/milvus:v2.5.16),
+the whole conformance suite (tests/index/test_conformance.py) is also collected against it.
 """
 
 import itertools
@@ -19,12 +16,14 @@ import socket
 
 import pytest
 
-pytest.importorskip("milvus_lite", reason="the conformance module needs Milvus Lite (milvus extra)")
+from index.backends import open_gallery
+from index.errors import GalleryError
+
 pymilvus = pytest.importorskip("pymilvus", reason="pymilvus is in the server extra")
 
-from tests.index.test_conformance import *  # noqa: E402, F403 (the suite, collected again against this server)
+if os.environ.get("REID_TEST_MILVUS_URI"):
+    from tests.index.test_conformance import *  # noqa: E402, F403 (the suite, collected again against this server)
 
-MIN_SERVER = (2, 5)  # nullable fields; see the module docstring
 _collections = itertools.count()
 
 
@@ -34,43 +33,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _version(address: str) -> tuple[int, ...]:
-    text = pymilvus.MilvusClient(f"http://{address}", timeout=30).get_server_version()
-    return tuple(int(p) for p in text.lstrip("v").split("-")[0].split(".")[:2])
-
-
 @pytest.fixture(scope="module")
-def milvus_server(tmp_path_factory):
-    """host:port of a real Milvus server: REID_TEST_MILVUS_URI, or the PyPI package's, up for this module."""
-    if external := os.environ.get("REID_TEST_MILVUS_URI"):
-        address = external.removeprefix("milvus://").split("/")[0]
-        server = None
-    else:
-        milvus = pytest.importorskip("milvus", reason="no REID_TEST_MILVUS_URI and no PyPI milvus (dev extra)")
-        server = milvus.MilvusServer()
-        server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
-        server.listen_port = _free_port()
+def pypi_milvus_server(tmp_path_factory):
+    """host:port of the PyPI package's Milvus server, up for this module."""
+    milvus = pytest.importorskip("milvus", reason="the PyPI milvus server is in the dev extra")
+    server = milvus.MilvusServer()
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    server.listen_port = _free_port()
+    try:
         try:
             server.start()  # waits for /healthz: 10-20 s here
         except (RuntimeError, TimeoutError) as exc:
-            server.stop()
             pytest.fail(f"the Milvus server did not start: {exc}")
-        address = f"127.0.0.1:{server.listen_port}"
-    try:
-        version = _version(address)
-        if version < MIN_SERVER:
-            pytest.skip(
-                f"Milvus {'.'.join(map(str, version))} is older than {'.'.join(map(str, MIN_SERVER))}: no nullable"
-                " fields, INVERTED index or database properties, which index.milvus uses (REID_TEST_MILVUS_URI"
-                " names a newer server)"
-            )
-        yield address
+        yield f"127.0.0.1:{server.listen_port}"
     finally:
-        if server is not None:
-            server.stop()  # terminates the `milvus run standalone` process it started, by its pid
+        server.stop()  # terminates the `milvus run standalone` process it started, by its pid
 
 
-@pytest.fixture
-def uri(milvus_server):  # noqa: F811 (replaces the suite's backends by the real server)
-    """(uri, collection) of a gallery nobody has created yet, on the real server."""
-    return f"milvus://{milvus_server}/c{next(_collections)}", None
+def test_a_milvus_server_older_than_2_5_is_refused_by_name(pypi_milvus_server):
+    version = pymilvus.MilvusClient(f"http://{pypi_milvus_server}", timeout=30).get_server_version()
+    assert version.lstrip("v").startswith("2.3"), version  # the server the package ships
+    uri = f"milvus://{pypi_milvus_server}/c{next(_collections)}"
+    with pytest.raises(GalleryError, match=r"older than 2\.5.*run Milvus 2\.5 or newer"):
+        open_gallery(uri, model_id="m", dim=8)
+    client = pymilvus.MilvusClient(f"http://{pypi_milvus_server}", timeout=30)
+    assert client.list_collections() == []  # refused before anything was created
+    with pytest.raises(GalleryError, match="older than 2.5"):
+        open_gallery(uri)  # opening an existing name is refused the same way
+
+
+if os.environ.get("REID_TEST_MILVUS_URI"):
+
+    @pytest.fixture
+    def uri():  # noqa: F811 (replaces the suite's backends by the real server)
+        """(uri, collection) of a gallery nobody has created yet, on the real server."""
+        address = os.environ["REID_TEST_MILVUS_URI"].removeprefix("milvus://").split("/")[0]
+        return f"milvus://{address}/c{next(_collections)}", None
