@@ -91,6 +91,7 @@ bench: setup ## benchmarks of ARTIFACT (model runtimes, embedders, index types, 
 	$(PY) -m benchmarks.http --artifact $(ARTIFACT) --images $(DATA)/query --fill $(GALLERY) --concurrency 1,8 --stalled 32 --out bench
 	$(PY) -m benchmarks.http --artifact $(ARTIFACT) --variants fp32,int8 --images $(DATA)/query --fill $(GALLERY) --concurrency 1,8 $(if $(BASELINE_TREE),--baseline-tree $(BASELINE_TREE),) --out bench
 	$(PY) -m benchmarks.video --video $(VIDEO) --detector $(if $(wildcard $(DETECTOR)/detector.json),$(DETECTOR),motion) --artifact $(ARTIFACT) --out bench/video.json
+	$(PY) -m benchmarks.linking --out bench/linking.json
 	$(PY) -m benchmarks.report bench
 
 # The gallery benchmarks take the demo artifact's embedding size when it exists (512 for the demo model).
