@@ -40,7 +40,7 @@ from formats.images import decode_image, resize
 from formats.spec import ModelSpec
 from index import Gallery, open_gallery
 from index.crops import CropStore
-from index.errors import GalleryError, MissingLog, ModelMismatch
+from index.errors import GalleryError, GalleryUnavailable, MissingLog, ModelMismatch
 from index.records import Hit, SearchFilter
 from server.metrics import Metrics
 from server.model_variant import INLINE_SEARCH_FLOATS, gallery_refusal, searches_inline
@@ -108,6 +108,16 @@ class Resources:
     async def _start_once(self) -> None:
         assert self.embedder is not None  # start() made one
         await self.embedder.start()
+        if not await self._open_gallery():
+            self._retry_task = asyncio.create_task(self._retry_gallery())
+
+    async def _retry_gallery(self) -> None:
+        while not await self._open_gallery():
+            await asyncio.sleep(START_RETRY_S)
+
+    async def _open_gallery(self) -> bool:
+        """Open the gallery and start serving; False when its backend is not reachable yet (try again later)."""
+        assert self.embedder is not None  # started
         spec = self.spec
         s = self.settings
         try:
@@ -126,21 +136,25 @@ class Resources:
             self.not_ready_reason = (
                 f"the gallery was built with another model than {spec.model_id}; re-index it with this model"
             )
-            return
+            return True
         except MissingLog as exc:  # its message names files, not paths, and says what the operator can do
             log.error("gallery refused: %s", exc)
             self.not_ready_reason = f"{exc} (REID_GALLERY_ALLOW_MISSING_LOG=true)"
-            return
+            return True
+        except GalleryUnavailable as exc:  # a Milvus that is still starting, or briefly gone: retried
+            log.warning("gallery unreachable at start (%s); retrying every %.0f s", exc, START_RETRY_S)
+            self.not_ready_reason = "the gallery's backend is not reachable yet; retrying"
+            return False
         except GalleryError as exc:
             log.error("gallery could not be opened: %s", exc)
             self.not_ready_reason = f"the gallery could not be opened ({type(exc).__name__})"
-            return
+            return True
         if refusal := gallery_refusal(spec, self.embedder.variant, self.gallery):
             log.error("gallery refused: %s", refusal)
             self.not_ready_reason = refusal
             await self._on_writer(self.gallery.close)
             self.gallery = None
-            return
+            return True
         await self._warm_readers()
         assert self._gallery_readers is not None and self._gallery_thread is not None  # made in start()
         if searches_inline(self.gallery, math.inf):  # small searches run on this thread: its reader made now too
@@ -153,6 +167,7 @@ class Resources:
         )
         self.not_ready_reason = ""
         log.info("serving model %s (%s) with a gallery of %d", spec.model_id, self.embedder.variant, len(self.gallery))
+        return True
 
     async def _warm_readers(self) -> None:
         """Start every search thread and let each make its per-thread state (the embedded store's SQLite reader)
